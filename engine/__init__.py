@@ -1,0 +1,88 @@
+"""artledger: an event-sourced storage engine for ML pipeline artifacts.
+
+``import engine`` is cheap: the store, the pipeline API and numpy are loaded
+on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import (
+    ArtifactNotFoundError,
+    ArtledgerError,
+    ImportValidationError,
+    IntegrityError,
+    InvalidArgumentError,
+    MaterializerError,
+    PipelineError,
+    ReadOnlyStoreError,
+    RunNotFoundError,
+    StoreError,
+    StoreFormatError,
+    UnhashableParameterError,
+    UntrustedArtifactError,
+)
+
+if TYPE_CHECKING:
+    from engine.api import active_store, load_artifact, save_artifact, use_store
+    from engine.lineage import LineageGraph
+    from engine.log import Event
+    from engine.models import ArtifactVersion, Run, StepRun
+    from engine.store import Store
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Store": "engine.store",
+    "ArtifactVersion": "engine.models",
+    "Run": "engine.models",
+    "StepRun": "engine.models",
+    "Event": "engine.log",
+    "LineageGraph": "engine.lineage",
+    "save_artifact": "engine.api",
+    "load_artifact": "engine.api",
+    "use_store": "engine.api",
+    "active_store": "engine.api",
+}
+
+__all__ = [
+    "ArtifactNotFoundError",
+    "ArtifactVersion",
+    "ArtledgerError",
+    "Event",
+    "ImportValidationError",
+    "IntegrityError",
+    "InvalidArgumentError",
+    "LineageGraph",
+    "MaterializerError",
+    "PipelineError",
+    "ReadOnlyStoreError",
+    "Run",
+    "RunNotFoundError",
+    "StepRun",
+    "Store",
+    "StoreError",
+    "StoreFormatError",
+    "UnhashableParameterError",
+    "UntrustedArtifactError",
+    "active_store",
+    "load_artifact",
+    "save_artifact",
+    "use_store",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

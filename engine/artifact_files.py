@@ -1,0 +1,229 @@
+"""The engine's implementation of ``materializers.files.ArtifactFiles``.
+
+:class:`WriteFiles` streams what a materializer writes into chunks and keeps
+the manifest; :class:`ReadFiles` serves the stored files back, verified.
+Both stage a real directory on demand for materializers that need a path
+(``self.uri``): on save its files are ingested after ``save()`` returns; on
+load it is filled with every file, byte-exact, and removed afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from engine.chunks import ChunkStore, FileEntry, WriteSession
+from engine.errors import MaterializerError
+
+COPY_BLOCK = 4 << 20
+
+
+def check_name(name: str) -> str:
+    """A safe relative POSIX file name, or ``MaterializerError``."""
+    if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
+        raise MaterializerError(f"invalid artifact file name {name!r}: use a relative POSIX path")
+    p = PurePosixPath(name)
+    if p.is_absolute() or any(part in ("..", "") for part in name.split("/")) or name == ".":
+        raise MaterializerError(
+            f"invalid artifact file name {name!r}: names must be relative and free of '..'"
+        )
+    return str(p)
+
+
+class _Signer:
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def sign(self, payload: bytes) -> str:
+        return hmac.new(self._secret, payload, hashlib.sha256).hexdigest()
+
+    def verify(self, payload: bytes, signature: str) -> bool:
+        if not isinstance(signature, str):
+            return False
+        return hmac.compare_digest(self.sign(payload), signature)
+
+
+class WriteFiles(_Signer):
+    """Files being written for one artifact version (or its visualizations)."""
+
+    def __init__(
+        self,
+        session: WriteSession,
+        secret: bytes,
+        *,
+        prefix: str = "",
+        shared: dict[str, FileEntry] | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(secret)
+        self._session = session
+        self._prefix = prefix
+        self.entries: dict[str, FileEntry] = {} if shared is None else shared
+        self.state: dict[str, Any] = {} if state is None else state
+        self._stage: Path | None = None
+        self._children: list[WriteFiles] = []
+
+    def _full(self, name: str) -> str:
+        return check_name(self._prefix + check_name(name))
+
+    def open_write(self, name: str) -> IO[bytes]:
+        full = self._full(name)
+        if full in self.entries:
+            raise MaterializerError(f"artifact file {full!r} was written twice")
+
+        def done(entry: FileEntry) -> None:
+            self.entries[full] = entry
+
+        return self._session.writer(full, done)  # type: ignore[return-value]
+
+    def open_read(self, name: str) -> IO[bytes]:
+        full = self._full(name)
+        if full not in self.entries:
+            raise FileNotFoundError(full)
+        return self._session.store.open_file(self.entries[full], full)  # type: ignore[return-value]
+
+    def names(self) -> list[str]:
+        n = len(self._prefix)
+        return sorted(k[n:] for k in self.entries if k.startswith(self._prefix))
+
+    def size(self, name: str) -> int:
+        return self.entries[self._full(name)].size
+
+    def sub(self, prefix: str) -> WriteFiles:
+        child = WriteFiles(
+            self._session,
+            self._secret,
+            prefix=self._full(prefix) + "/",
+            shared=self.entries,
+            state=self.state,
+        )
+        self._children.append(child)
+        return child
+
+    def local_dir(self) -> str:
+        if self._stage is None:
+            self._stage = Path(tempfile.mkdtemp(prefix="artledger-save-"))
+        return str(self._stage)
+
+    def finish(self) -> None:
+        """Ingest files staged in :meth:`local_dir` (and in sub-views), then clean up."""
+        for child in self._children:
+            child.finish()
+        stage, self._stage = self._stage, None
+        if stage is None:
+            return
+        try:
+            for path in sorted(stage.rglob("*")):
+                if path.is_symlink():
+                    raise MaterializerError(
+                        f"the materializer left a symlink {path.name!r} in self.uri; "
+                        "write regular files"
+                    )
+                if not path.is_file():
+                    continue
+                rel = path.relative_to(stage).as_posix()
+                with open(path, "rb") as src, self.open_write(rel) as dst:
+                    while block := src.read(COPY_BLOCK):
+                        dst.write(block)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+    def discard(self) -> None:
+        for child in self._children:
+            child.discard()
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
+            self._stage = None
+
+
+class ReadFiles(_Signer):
+    """The stored files of one artifact version, read back verified."""
+
+    def __init__(
+        self,
+        store: ChunkStore,
+        secret: bytes,
+        entries: dict[str, FileEntry],
+        state: dict[str, Any],
+        label: str,
+        *,
+        prefix: str = "",
+        trusted: bool = True,
+    ) -> None:
+        super().__init__(secret)
+        self._store = store
+        self.entries = entries
+        self.state = state
+        self.label = label
+        self._prefix = prefix
+        self._trusted = trusted
+        self._stage: Path | None = None
+        self._children: list[ReadFiles] = []
+
+    def verify(self, payload: bytes, signature: str) -> bool:
+        return self._trusted and super().verify(payload, signature)
+
+    def _full(self, name: str) -> str:
+        return check_name(self._prefix + check_name(name))
+
+    def open_read(self, name: str) -> IO[bytes]:
+        full = self._full(name)
+        entry = self.entries.get(full)
+        if entry is None:
+            raise FileNotFoundError(f"{self.label} has no file {full!r}")
+        return self._store.open_file(entry, f"{self.label} file {full!r}")  # type: ignore[return-value]
+
+    def open_write(self, name: str) -> IO[bytes]:
+        raise MaterializerError(f"{self.label} is stored and read-only; save a new version instead")
+
+    def names(self) -> list[str]:
+        n = len(self._prefix)
+        return sorted(k[n:] for k in self.entries if k.startswith(self._prefix))
+
+    def size(self, name: str) -> int:
+        return self.entries[self._full(name)].size
+
+    def sub(self, prefix: str) -> ReadFiles:
+        child = ReadFiles(
+            self._store,
+            self._secret,
+            self.entries,
+            self.state,
+            self.label,
+            prefix=self._full(prefix) + "/",
+            trusted=self._trusted,
+        )
+        self._children.append(child)
+        return child
+
+    def export(self, target: Path) -> list[Path]:
+        """Write every file under this view into ``target``, byte-exact."""
+        out = []
+        for name in self.names():
+            dest = target / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with self.open_read(name) as src, open(dest, "wb") as dst:
+                buf = bytearray(COPY_BLOCK)
+                mv = memoryview(buf)
+                while n := src.readinto(mv):  # type: ignore[attr-defined]
+                    dst.write(mv[:n])
+            out.append(dest)
+        return out
+
+    def local_dir(self) -> str:
+        if self._stage is None:
+            stage = Path(tempfile.mkdtemp(prefix="artledger-load-"))
+            self.export(stage)
+            self._stage = stage
+        return str(self._stage)
+
+    def cleanup(self) -> None:
+        for child in self._children:
+            child.cleanup()
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
+            self._stage = None

@@ -1,0 +1,302 @@
+"""Where chunk payloads live: the ``BlobStore`` seam and its backends.
+
+A backend only stores opaque payloads and hands back a *location* (a small
+msgpack-able list). The chunk index in the ledger maps digests to locations;
+hashing, compression and verification live in ``engine.chunks``.
+
+``PackBlobStore`` appends payloads to pack segment files, one active segment
+per writer, each record framed by a 32-byte header (magic, digest, codec,
+payload and raw lengths) so packs can be checked against the index. The
+committed length of every segment is recorded in the ledger in the same
+transaction that references its chunks; bytes past it are a torn or
+abandoned tail and are truncated when no live writer holds the segment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import struct
+import threading
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from engine import failpoints
+from engine.errors import IntegrityError, StoreError
+
+Location = list[Any]
+
+HEADER = struct.Struct(">4s16sB3xII")  # magic, digest, codec, payload length, raw length
+MAGIC = b"ALC1"
+SEGMENT_LIMIT = 1 << 30
+
+
+class BlobStore(ABC):
+    """Opaque payload storage. ``put`` is not durable until ``flush``."""
+
+    supports_deletes: bool = False
+    supports_compaction: bool = False
+
+    @abstractmethod
+    def put(self, digest: bytes, codec: int, raw_len: int, payload: Any) -> Location:
+        """Store ``payload`` (bytes-like); its location."""
+
+    @abstractmethod
+    def get(self, loc: Location) -> bytes:
+        """The payload at ``loc``; ``IntegrityError`` when it is gone or short."""
+
+    @abstractmethod
+    def flush(self) -> dict[str, int]:
+        """Make every ``put`` so far durable; the new committed end of each
+        segment written (recorded by the caller in the commit transaction)."""
+
+    def readinto(self, loc: Location, buf: memoryview) -> None:
+        """Copy the payload at ``loc`` into ``buf`` (exactly its length)."""
+        buf[:] = self.get(loc)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release files."""
+
+
+class MemoryBlobStore(BlobStore):
+    """Payloads in a dict: the in-memory twin of :class:`PackBlobStore`."""
+
+    supports_deletes = True
+
+    def __init__(self) -> None:
+        self.blobs: dict[int, bytes] = {}
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def put(self, digest: bytes, codec: int, raw_len: int, payload: Any) -> Location:
+        with self._lock:
+            self._next += 1
+            self.blobs[self._next] = bytes(payload)
+            return ["mem", self._next, len(payload)]
+
+    def get(self, loc: Location) -> bytes:
+        try:
+            return self.blobs[loc[1]]
+        except KeyError:
+            raise IntegrityError(f"chunk payload at {loc} is missing") from None
+
+    def flush(self) -> dict[str, int]:
+        return {}
+
+    def delete(self, loc: Location) -> None:
+        self.blobs.pop(loc[1], None)
+
+
+class _Segment:
+    def __init__(self, name: str, path: Path, fd: int, end: int) -> None:
+        self.name = name
+        self.path = path
+        self.fd = fd
+        self.end = end
+        self.dirty = False
+
+
+class PackBlobStore(BlobStore):
+    """Chunk payloads appended to pack segment files under ``<store>/packs``."""
+
+    supports_deletes = True
+    supports_compaction = True
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the pack directory {root}: {e}") from e
+        self._active: _Segment | None = None
+        self._lock = threading.Lock()
+        self._readers: dict[str, int] = {}
+        self._readers_lock = threading.Lock()
+        self._retired_ends: dict[str, int] = {}
+
+    # -- writing ---------------------------------------------------------------
+    def _new_segment(self) -> _Segment:
+        name = secrets.token_hex(8)
+        path = self.root / f"{name}.pack"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        except OSError as e:
+            raise StoreError(f"cannot create pack segment {path}: {e}") from e
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return _Segment(name, path, fd, 0)
+
+    def put(self, digest: bytes, codec: int, raw_len: int, payload: Any) -> Location:
+        n = len(payload)
+        header = HEADER.pack(MAGIC, digest, codec, n, raw_len)
+        with self._lock:
+            seg = self._active
+            if seg is None or (seg.end + n + HEADER.size > SEGMENT_LIMIT and seg.end > 0):
+                if seg is not None:
+                    self._sync(seg)
+                    self._retire(seg)
+                seg = self._active = self._new_segment()
+            try:
+                failpoints.hit("blob.before_write")
+                written = os.writev(seg.fd, [header, payload])
+                if written != HEADER.size + n:
+                    raise OSError(errno.EIO, f"short write to {seg.path}")
+            except OSError as e:
+                # Leave no partial record behind in the active segment.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(seg.fd, seg.end)
+                if e.errno == errno.ENOSPC:
+                    raise StoreError(
+                        f"no space left on the device holding {self.root}: free some space "
+                        "(or run `artledger gc`) and retry; nothing was committed"
+                    ) from e
+                raise StoreError(f"cannot write pack segment {seg.path}: {e}") from e
+            offset = seg.end + HEADER.size
+            seg.end += HEADER.size + n
+            seg.dirty = True
+            failpoints.hit("blob.after_write")
+            return [seg.name, offset, n]
+
+    def _sync(self, seg: _Segment) -> None:
+        if seg.dirty:
+            try:
+                os.fsync(seg.fd)
+            except OSError as e:
+                raise StoreError(f"cannot fsync pack segment {seg.path}: {e}") from e
+            seg.dirty = False
+
+    def _retire(self, seg: _Segment) -> None:
+        with contextlib.suppress(OSError):
+            os.close(seg.fd)
+        self._retired_ends[seg.name] = seg.end
+
+    def flush(self) -> dict[str, int]:
+        with self._lock:
+            ends, self._retired_ends = self._retired_ends, {}
+            seg = self._active
+            if seg is not None:
+                self._sync(seg)
+                ends[seg.name] = seg.end
+                failpoints.hit("blob.after_fsync")
+            if ends:
+                with contextlib.suppress(OSError):
+                    dfd = os.open(self.root, os.O_RDONLY)
+                    try:
+                        os.fsync(dfd)
+                    finally:
+                        os.close(dfd)
+            return ends
+
+    def rotate(self) -> None:
+        """Close the active segment (its end is committed); the next put starts a new one."""
+        with self._lock:
+            seg = self._active
+            if seg is not None:
+                self._sync(seg)
+                self._retire(seg)
+                self._active = None
+
+    # -- reading ---------------------------------------------------------------
+    def _reader(self, name: str) -> int:
+        with self._readers_lock:
+            fd = self._readers.get(name)
+            if fd is None:
+                path = self.root / f"{name}.pack"
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    raise IntegrityError(f"pack segment {path.name} is missing") from None
+                except OSError as e:
+                    raise StoreError(f"cannot open pack segment {path}: {e}") from e
+                self._readers[name] = fd
+            return fd
+
+    def get(self, loc: Location) -> bytes:
+        name, offset, n = loc
+        fd = self._reader(name)
+        data = os.pread(fd, n, offset)
+        if len(data) != n:
+            raise IntegrityError(
+                f"pack segment {name}.pack is truncated: chunk at offset {offset} is short"
+            )
+        return data
+
+    def readinto(self, loc: Location, buf: memoryview) -> None:
+        name, offset, n = loc
+        fd = self._reader(name)
+        got = os.preadv(fd, [buf[:n]], offset)
+        if got != n:
+            raise IntegrityError(
+                f"pack segment {name}.pack is truncated: chunk at offset {offset} is short"
+            )
+
+    def read_header(self, name: str, offset: int) -> tuple[bytes, bytes, int, int, int]:
+        """The record header in front of the payload at ``offset``."""
+        fd = self._reader(name)
+        raw = os.pread(fd, HEADER.size, offset - HEADER.size)
+        if len(raw) != HEADER.size:
+            raise IntegrityError(f"pack segment {name}.pack: header at {offset} is cut off")
+        magic, digest, codec, n, raw_len = HEADER.unpack(raw)
+        return magic, digest, codec, n, raw_len
+
+    def segment_names(self) -> list[str]:
+        return sorted(p.stem for p in self.root.glob("*.pack"))
+
+    def segment_size(self, name: str) -> int:
+        try:
+            return (self.root / f"{name}.pack").stat().st_size
+        except FileNotFoundError:
+            return -1
+
+    def drop_reader(self, name: str) -> None:
+        with self._readers_lock:
+            fd = self._readers.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+
+    # -- recovery and deletion ---------------------------------------------------
+    def recover(self, committed: dict[str, int]) -> list[str]:
+        """Truncate the tails past ``committed`` ends of segments no live writer
+        holds; what was truncated."""
+        fixed: list[str] = []
+        for name in self.segment_names():
+            path = self.root / f"{name}.pack"
+            end = committed.get(name, 0)
+            size = self.segment_size(name)
+            if size <= end or (self._active is not None and self._active.name == name):
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a live writer owns it
+                os.ftruncate(fd, end)
+                os.fsync(fd)
+                fixed.append(f"{name}.pack: truncated {size - end} bytes past the committed end")
+            finally:
+                os.close(fd)
+        return fixed
+
+    def delete_segment(self, name: str) -> None:
+        self.drop_reader(name)
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / f"{name}.pack").unlink()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._active is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._active.fd)
+                self._active = None
+        with self._readers_lock:
+            for fd in self._readers.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._readers.clear()

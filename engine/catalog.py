@@ -1,0 +1,306 @@
+"""Read-side queries over the projections, shared by ``Store`` and ``as_of`` views.
+
+A :class:`Catalog` answers from one KV (the live ledger, or a private
+in-memory fold of the log up to some event) and reads artifact bytes from the
+store's chunk store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.artifact_files import ReadFiles
+from engine.chunks import ChunkStore, FileEntry
+from engine.errors import (
+    ArtifactNotFoundError,
+    InvalidArgumentError,
+    MaterializerError,
+    RunNotFoundError,
+)
+from engine.kv import KV, Txn
+from engine.log import Event, EventLog, unpack
+from engine.models import ArtifactVersion, Run, StepRun
+from engine.projections import counter, version_key
+from engine.projections_runs import consumer_key
+
+if TYPE_CHECKING:
+    from engine.lineage import LineageGraph
+
+
+def normalise_version(version: int | str | None) -> int | str | None:
+    """Versions are ints or labels; a label of digits means that integer."""
+    if version is None or (isinstance(version, int) and not isinstance(version, bool)):
+        return version
+    if isinstance(version, str) and version:
+        return int(version) if version.isdigit() else version
+    raise InvalidArgumentError(
+        f"invalid version {version!r}: use an int, a non-empty string, or None for the latest"
+    )
+
+
+class Catalog:
+    """Queries over projections (runs, artifacts, lineage, cache) and artifact loads."""
+
+    kv: KV
+    chunks: ChunkStore
+    log: EventLog
+    _secret: bytes
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Txn]:
+        self._check_open()
+        txn = self.kv.read()
+        try:
+            yield txn
+        finally:
+            self.kv.end_read(txn)
+
+    def _check_open(self) -> None:
+        """Raise when the store has been closed (``Store`` overrides)."""
+
+    # -- log -------------------------------------------------------------------
+    @property
+    def head(self) -> int:
+        """The last sequence number in the log (0 when empty)."""
+        with self._read() as txn:
+            return self.log.head(txn)
+
+    def events(self, start: int = 1, stop: int | None = None) -> Iterator[Event]:
+        """Events with ``start <= seq < stop`` in order (``stop`` exclusive)."""
+        self._check_open()
+        pos = max(1, start)
+        while stop is None or pos < stop:
+            batch_stop = pos + 4096 if stop is None else min(stop, pos + 4096)
+            with self._read() as txn:
+                batch = list(self.log.read(txn, pos, batch_stop))
+            if not batch:
+                return
+            yield from batch
+            pos = batch[-1].seq + 1
+
+    # -- artifacts -------------------------------------------------------------
+    def _artifact_rec(self, txn: Txn, aid: str) -> dict[str, Any] | None:
+        raw = txn.get("artifacts", aid.encode())
+        return None if raw is None else unpack(raw)
+
+    def get_artifact_by_id(self, artifact_id: str) -> ArtifactVersion:
+        with self._read() as txn:
+            rec = self._artifact_rec(txn, artifact_id)
+        if rec is None:
+            raise ArtifactNotFoundError(f"no artifact version with id {artifact_id!r}")
+        return ArtifactVersion(self, rec)
+
+    def get_artifact(self, name: str, version: int | str | None = None) -> ArtifactVersion:
+        """The version asked for, or the newest created (not deleted) when None."""
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"artifact name must be a non-empty string, not {name!r}")
+        version = normalise_version(version)
+        with self._read() as txn:
+            if version is None:
+                for _, aid in txn.scan("names", prefix=name.encode() + b"\x00", reverse=True):
+                    rec = self._artifact_rec(txn, aid.decode())
+                    if rec is not None and rec["deleted"] is None:
+                        return ArtifactVersion(self, rec)
+                raise ArtifactNotFoundError(self._missing_name(txn, name))
+            aid_raw = txn.get("versions", version_key(name, version))
+            if aid_raw is None:
+                known = self._versions_of(txn, name)
+                if not known:
+                    raise ArtifactNotFoundError(self._missing_name(txn, name))
+                raise ArtifactNotFoundError(
+                    f"artifact {name!r} has no version {version!r}; versions: "
+                    + ", ".join(repr(v) for v in known[-10:])
+                )
+            rec = self._artifact_rec(txn, aid_raw.decode())
+        assert rec is not None
+        if rec["deleted"] is not None:
+            raise ArtifactNotFoundError(
+                f"artifact {name}:{version} was deleted (event {rec['deleted']})"
+            )
+        return ArtifactVersion(self, rec)
+
+    def _versions_of(self, txn: Txn, name: str) -> list[Any]:
+        out = []
+        for _, aid in txn.scan("names", prefix=name.encode() + b"\x00"):
+            rec = self._artifact_rec(txn, aid.decode())
+            if rec is not None and rec["deleted"] is None:
+                out.append(rec["version"])
+        return out
+
+    def _missing_name(self, txn: Txn, name: str) -> str:
+        if txn.get("name_meta", name.encode()) is not None:
+            return f"every version of artifact {name!r} was deleted"
+        return f"no artifact named {name!r}; `artledger artifacts` lists the names"
+
+    def list_artifacts(
+        self, name: str | None = None, tag: str | None = None, *, include_deleted: bool = False
+    ) -> list[ArtifactVersion]:
+        """Artifact versions, oldest first, optionally of one name and/or one tag."""
+        out: list[ArtifactVersion] = []
+        with self._read() as txn:
+            if tag is not None:
+                ids = [
+                    k.split(b"\x00", 1)[1].decode()
+                    for k, _ in txn.scan("tags", prefix=tag.encode() + b"\x00")
+                ]
+                recs = [r for r in (self._artifact_rec(txn, i) for i in ids) if r is not None]
+                if name is not None:
+                    recs = [r for r in recs if r["name"] == name]
+                recs.sort(key=lambda r: r["seq"])
+            elif name is not None:
+                recs = []
+                for _, aid in txn.scan("names", prefix=name.encode() + b"\x00"):
+                    rec = self._artifact_rec(txn, aid.decode())
+                    if rec is not None:
+                        recs.append(rec)
+            else:
+                recs = [unpack(v) for _, v in txn.scan("artifacts")]
+                recs.sort(key=lambda r: r["seq"])
+        for rec in recs:
+            if include_deleted or rec["deleted"] is None:
+                out.append(ArtifactVersion(self, rec))
+        return out
+
+    def find_by_content(self, content_hash: str) -> list[ArtifactVersion]:
+        """Live artifact versions whose data has this content hash."""
+        with self._read() as txn:
+            ids = [
+                k[16:].decode() for k, _ in txn.scan("content", prefix=bytes.fromhex(content_hash))
+            ]
+            recs = [r for r in (self._artifact_rec(txn, i) for i in ids) if r is not None]
+        return [ArtifactVersion(self, r) for r in sorted(recs, key=lambda r: r["seq"])]
+
+    # -- loading ---------------------------------------------------------------
+    def _label(self, rec: dict[str, Any]) -> str:
+        return f"artifact {rec['name']}:{rec['version']} (id {rec['id']})"
+
+    def _files(self, rec: dict[str, Any], key: str = "files") -> ReadFiles:
+        entries = {f[0]: FileEntry.from_record(f) for f in rec[key]}
+        return ReadFiles(
+            self.chunks,
+            self._secret,
+            entries,
+            dict(rec.get("state") or {}),
+            self._label(rec),
+            trusted=not rec.get("untrusted", False),
+        )
+
+    def _load(self, rec: dict[str, Any]) -> Any:
+        from materializers import registry
+
+        if rec["deleted"] is not None:
+            raise ArtifactNotFoundError(f"{self._label(rec)} was deleted; its bytes may be gone")
+        try:
+            cls = registry.resolve(rec["materializer"])
+        except MaterializerError:
+            raise
+        except Exception as e:
+            raise MaterializerError(
+                f"cannot import materializer {rec['materializer']!r} for {self._label(rec)}: "
+                f"{e}. Install the package that defines it, or register an alias."
+            ) from e
+        if int(rec["materializer_version"]) > int(getattr(cls, "VERSION", 1)):
+            warnings.warn(
+                f"{self._label(rec)} was written by {rec['materializer']} version "
+                f"{rec['materializer_version']}, newer than the installed version {cls.VERSION}",
+                UserWarning,
+                stacklevel=3,
+            )
+        try:
+            data_type = registry.import_topic(rec["data_type"])
+        except Exception:
+            data_type = object
+        files = self._files(rec)
+        try:
+            return cls(files).load(data_type)
+        finally:
+            files.cleanup()
+
+    def _visualizations(self, rec: dict[str, Any]) -> list[tuple[str, str, bytes]]:
+        vis = rec.get("visualizations") or []
+        if not vis:
+            return []
+        files = self._files({**rec, "files": [v[2] for v in vis]})
+        out = []
+        for name, kind, frec in vis:
+            with files.open_read(frec[0]) as f:
+                out.append((name, kind, f.read()))
+        return out
+
+    def _export_files(self, rec: dict[str, Any], directory: Path) -> list[Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        return self._files(rec).export(directory)
+
+    # -- runs ------------------------------------------------------------------
+    def get_run(self, run_id: str) -> Run:
+        with self._read() as txn:
+            raw = txn.get("runs", str(run_id).encode())
+        if raw is None:
+            raise RunNotFoundError(f"no run with id {run_id!r}; `artledger runs` lists them")
+        return Run(self, unpack(raw))
+
+    def list_runs(self, pipeline: str | None = None) -> list[Run]:
+        """Runs (not deleted), oldest first, optionally of one pipeline."""
+        prefix = b"\x01" if pipeline is None else pipeline.encode() + b"\x00"
+        with self._read() as txn:
+            ids = [v.decode() for _, v in txn.scan("run_index", prefix=prefix)]
+            recs = [unpack(raw) for raw in (txn.get("runs", i.encode()) for i in ids) if raw]
+        return [Run(self, r) for r in recs]
+
+    def get_step_run(self, step_run_id: str) -> StepRun:
+        with self._read() as txn:
+            raw = txn.get("steps", str(step_run_id).encode())
+        if raw is None:
+            raise RunNotFoundError(f"no step run with id {step_run_id!r}")
+        return StepRun(self, unpack(raw))
+
+    def consumers(self, art: ArtifactVersion | str) -> list[StepRun]:
+        """Step runs that read this artifact version as an input, oldest first."""
+        aid = art.id if isinstance(art, ArtifactVersion) else art
+        with self._read() as txn:
+            sids = [
+                k.split(b"\x00", 1)[1].decode()
+                for k, _ in txn.scan("consumers", prefix=consumer_key(aid, ""))
+            ]
+            recs = [unpack(raw) for raw in (txn.get("steps", s.encode()) for s in sids) if raw]
+        return [StepRun(self, r) for r in sorted(recs, key=lambda r: r["seq"])]
+
+    def lineage(
+        self,
+        art: ArtifactVersion | str,
+        direction: str = "upstream",
+        depth: int | None = None,
+    ) -> LineageGraph:
+        """Where an artifact came from (``upstream``) or what was derived from it
+        (``downstream``), across runs and through cached steps."""
+        from engine.lineage import build_lineage
+
+        if direction not in ("upstream", "downstream"):
+            raise InvalidArgumentError(
+                f"direction must be 'upstream' or 'downstream', not {direction!r}"
+            )
+        if isinstance(art, str):
+            art = self.get_artifact_by_id(art)
+        return build_lineage(self, art, direction, depth)
+
+    # -- stats -----------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Counts and sizes: events, runs, artifacts, chunks, logical and stored bytes."""
+        with self._read() as txn:
+            return {
+                "events": self.log.head(txn),
+                "runs": counter(txn, "runs"),
+                "artifacts": counter(txn, "artifacts"),
+                "chunks": txn.count("chunks"),
+                "logical_bytes": counter(txn, "logical_bytes"),
+                "stored_bytes": _stored_bytes(txn),
+            }
+
+
+def _stored_bytes(txn: Txn) -> int:
+    raw = txn.get("meta", b"stored_bytes")
+    return 0 if raw is None else int.from_bytes(raw, "big")

@@ -1,0 +1,68 @@
+"""Every error artledger raises on purpose.
+
+Each error inherits from :class:`ArtledgerError` and, where one fits, from the
+matching builtin, so ``except KeyError`` keeps working for lookups. Messages
+name the thing that is wrong and the fix. Driver errors (``lmdb.Error``,
+``OSError`` from pack files) are translated at one boundary in ``engine.kv`` and
+``engine.blobs``; nothing else in the package lets them escape.
+"""
+
+from __future__ import annotations
+
+
+class ArtledgerError(Exception):
+    """Base class of every error the library raises on purpose."""
+
+
+class ArtifactNotFoundError(ArtledgerError, KeyError):
+    """No artifact version matches the name, version or id asked for."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class RunNotFoundError(ArtledgerError, KeyError):
+    """No run or step run has the id asked for."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class IntegrityError(ArtledgerError):
+    """Stored bytes or events do not match their hashes (damage or tampering)."""
+
+
+class UntrustedArtifactError(ArtledgerError):
+    """A pickle whose signature is missing or does not hold under this store's secret."""
+
+
+class MaterializerError(ArtledgerError):
+    """A materializer is missing, cannot be imported, or failed to save or load."""
+
+
+class UnhashableParameterError(ArtledgerError, TypeError):
+    """A step parameter cannot be encoded canonically, so no cache key can be made."""
+
+
+class StoreError(ArtledgerError):
+    """The store cannot be opened or used: bad path, newer format, closed, read-only."""
+
+
+class StoreFormatError(StoreError):
+    """The store was written by a newer (or unknown) on-disk format version."""
+
+
+class ReadOnlyStoreError(StoreError):
+    """A write was attempted on a read-only view (``store.as_of(...)``)."""
+
+
+class ImportValidationError(ArtledgerError, ValueError):
+    """An export stream failed validation; nothing from it was imported."""
+
+
+class PipelineError(ArtledgerError):
+    """A pipeline or step is defined or called incorrectly."""
+
+
+class InvalidArgumentError(ArtledgerError, ValueError):
+    """An argument has the wrong type or value."""

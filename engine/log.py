@@ -1,0 +1,217 @@
+"""The append-only, hash-chained event log.
+
+Key: 8-byte big-endian sequence number, gapless from 1. Value: a msgpack map
+``{type, v, ts, data, prev}``. ``prev`` is the chain hash of the event before;
+the chain hash of event *n* is BLAKE2b-128 over ``prev_n || value_n`` (the
+exact stored bytes), so changing, removing or reordering any stored event
+breaks the chain at the next event or at the head hash kept in ``meta``.
+
+Records carry a schema version ``v``; :func:`register_upcaster` lets an old
+version be read as the current one. Events are never updated or deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
+
+import msgpack
+
+from engine.errors import IntegrityError
+from engine.kv import Txn
+
+GENESIS = b"\x00" * 16
+_SEQ = struct.Struct(">Q")
+
+# Current schema version of each event type. Types absent here are version 1.
+SCHEMA_VERSIONS: dict[str, int] = {}
+_UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+class Event(NamedTuple):
+    """One event as read back: sequence number, type, data (upcast), time (ns)."""
+
+    seq: int
+    type: str
+    data: dict[str, Any]
+    ts: int
+
+
+def register_upcaster(
+    event_type: str, from_version: int
+) -> Callable[
+    [Callable[[dict[str, Any]], dict[str, Any]]], Callable[[dict[str, Any]], dict[str, Any]]
+]:
+    """Register ``fn(data) -> data`` turning ``event_type`` version ``from_version``
+    into version ``from_version + 1``; the current version becomes at least that."""
+
+    def deco(
+        fn: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        _UPCASTERS[(event_type, from_version)] = fn
+        SCHEMA_VERSIONS[event_type] = max(SCHEMA_VERSIONS.get(event_type, 1), from_version + 1)
+        return fn
+
+    return deco
+
+
+def seq_key(seq: int) -> bytes:
+    return _SEQ.pack(seq)
+
+
+def key_seq(key: bytes) -> int:
+    return int(_SEQ.unpack(key)[0])
+
+
+def chain(prev: bytes, raw: bytes) -> bytes:
+    """The chain hash of an event whose stored value is ``raw``."""
+    return hashlib.blake2b(prev + raw, digest_size=16).digest()
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(raw: bytes) -> Any:
+    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+
+
+def upcast(event_type: str, version: int, data: dict[str, Any]) -> dict[str, Any]:
+    """Bring ``data`` from ``version`` to the current schema of ``event_type``."""
+    current = SCHEMA_VERSIONS.get(event_type, 1)
+    if version > current:
+        raise IntegrityError(
+            f"event type {event_type!r} has schema version {version}, newer than this "
+            f"artledger knows ({current}); upgrade artledger to read this store"
+        )
+    while version < current:
+        fn = _UPCASTERS.get((event_type, version))
+        if fn is None:
+            raise IntegrityError(
+                f"no upcaster for event type {event_type!r} version {version}; "
+                "register one with engine.log.register_upcaster"
+            )
+        data = fn(data)
+        version += 1
+    return data
+
+
+def decode(seq: int, raw: bytes) -> Event:
+    """Decode a stored value into an :class:`Event` (upcast to the current schema)."""
+    try:
+        env = unpack(raw)
+        etype, version, ts, data = env["type"], env["v"], env["ts"], env["data"]
+    except Exception as e:
+        raise IntegrityError(f"event {seq} cannot be decoded ({e}); run `artledger verify`") from e
+    if not isinstance(etype, str) or not isinstance(data, dict):
+        raise IntegrityError(f"event {seq} has a malformed envelope; run `artledger verify`")
+    return Event(seq, etype, upcast(etype, int(version), data), int(ts))
+
+
+class EventLog:
+    """Append and read events inside the caller's transaction."""
+
+    def head(self, txn: Txn) -> int:
+        raw = txn.get("meta", b"head_seq")
+        return 0 if raw is None else key_seq(raw)
+
+    def head_hash(self, txn: Txn) -> bytes:
+        return txn.get("meta", b"head_hash") or GENESIS
+
+    def append(
+        self, txn: Txn, records: Iterable[tuple[str, dict[str, Any]]], *, ts: int | None = None
+    ) -> list[Event]:
+        """Append ``(type, data)`` records as the next events, in order."""
+        seq = self.head(txn)
+        prev = self.head_hash(txn)
+        now = time.time_ns() if ts is None else ts
+        out: list[Event] = []
+        for etype, data in records:
+            seq += 1
+            v = SCHEMA_VERSIONS.get(etype, 1)
+            raw = pack({"type": etype, "v": v, "ts": now, "data": data, "prev": prev})
+            txn.put("events", seq_key(seq), raw)
+            prev = chain(prev, raw)
+            out.append(Event(seq, etype, data, now))
+        if out:
+            txn.put("meta", b"head_seq", seq_key(seq))
+            txn.put("meta", b"head_hash", prev)
+        return out
+
+    def append_raw(self, txn: Txn, envelopes: Iterable[dict[str, Any]]) -> list[Event]:
+        """Append already-built envelopes (import, replay ``--into``), re-chained here."""
+        seq = self.head(txn)
+        prev = self.head_hash(txn)
+        out: list[Event] = []
+        for env in envelopes:
+            seq += 1
+            raw = pack(
+                {
+                    "type": env["type"],
+                    "v": env["v"],
+                    "ts": env["ts"],
+                    "data": env["data"],
+                    "prev": prev,
+                }
+            )
+            txn.put("events", seq_key(seq), raw)
+            prev = chain(prev, raw)
+            out.append(decode(seq, raw))
+        if out:
+            txn.put("meta", b"head_seq", seq_key(seq))
+            txn.put("meta", b"head_hash", prev)
+        return out
+
+    def read(self, txn: Txn, start: int = 1, stop: int | None = None) -> Iterator[Event]:
+        """Events with ``start <= seq < stop`` (``stop`` exclusive, like ``range``)."""
+        lo = seq_key(max(start, 1))
+        hi = None if stop is None else seq_key(max(stop, 1))
+        for k, raw in txn.scan("events", lo, hi):
+            yield decode(key_seq(k), raw)
+
+    def read_raw(
+        self, txn: Txn, start: int = 1, stop: int | None = None
+    ) -> Iterator[tuple[int, bytes]]:
+        lo = seq_key(max(start, 1))
+        hi = None if stop is None else seq_key(max(stop, 1))
+        for k, raw in txn.scan("events", lo, hi):
+            yield key_seq(k), raw
+
+    def verify(self, txn: Txn, progress: Callable[[int], None] | None = None) -> list[str]:
+        """Walk the chain; every problem found, naming the event's seq."""
+        problems: list[str] = []
+        prev = GENESIS
+        expected = 1
+        for k, raw in txn.scan("events"):
+            seq = key_seq(k)
+            if seq != expected:
+                problems.append(f"event log has a gap: expected seq {expected}, found {seq}")
+                expected = seq
+            try:
+                env = unpack(raw)
+                stored_prev = env["prev"]
+            except Exception:
+                problems.append(f"event {seq}: cannot be decoded (damaged bytes)")
+                prev = chain(prev, raw)
+                expected += 1
+                continue
+            if stored_prev != prev:
+                problems.append(
+                    f"event {seq}: hash chain broken (the event before it was altered, "
+                    "removed or reordered)"
+                )
+            prev = chain(prev, raw)
+            expected += 1
+            if progress is not None and seq % 10000 == 0:
+                progress(seq)
+        head = self.head(txn)
+        if head != expected - 1:
+            problems.append(f"event log head says seq {head} but the log ends at {expected - 1}")
+        elif head and self.head_hash(txn) != prev:
+            problems.append(
+                f"event {head}: does not match the head hash (the last event was altered)"
+            )
+        return problems

@@ -1,0 +1,328 @@
+"""verify (fsck) and gc.
+
+**verify** walks the hash chain, re-reads and re-hashes every chunk, checks
+every live manifest against the chunk index, compares the projections with a
+fresh fold of the log, and checks pack files against the index. Every
+problem names what is damaged: an event seq, a chunk and the artifacts that
+use it, a pack segment.
+
+**gc** has one liveness rule: a chunk lives while a non-deleted artifact
+version references it. Dead index entries are dropped in one transaction
+that also appends ``gc.completed``; pack segments that are mostly dead are
+rewritten; files are deleted only after the index commit that dropped them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from engine import failpoints
+from engine.blobs import MAGIC, MemoryBlobStore, PackBlobStore
+from engine.chunks import ChunkRecord
+from engine.errors import ArtledgerError
+from engine.kv import MemoryKV, Txn
+from engine.log import unpack
+from engine.projections import PROJECTION_DBS, apply
+
+if TYPE_CHECKING:
+    from engine.store import Store
+
+Progress = Callable[[str, int, int], None]
+COMPACT_BELOW = 0.5
+
+
+@dataclass
+class VerifyReport:
+    """What ``store.verify()`` found: ``ok`` when ``problems`` is empty."""
+
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+    fixed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class GcReport:
+    """What ``store.gc()`` reclaimed (or, with ``dry_run``, would reclaim)."""
+
+    dry_run: bool
+    chunks_reclaimed: int = 0
+    bytes_reclaimed: int = 0
+    chunks_kept: int = 0
+    bytes_kept: int = 0
+    segments_deleted: int = 0
+    segments_compacted: int = 0
+    why_kept: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _live_refs(txn: Txn) -> dict[bytes, list[str]]:
+    """digest -> labels of the live artifact versions that reference it."""
+    refs: dict[bytes, list[str]] = defaultdict(list)
+    for _, raw in txn.scan("artifacts"):
+        rec = unpack(raw)
+        if rec["deleted"] is not None:
+            continue
+        label = f"{rec['name']}:{rec['version']}"
+        files = list(rec["files"]) + [v[2] for v in rec.get("visualizations") or []]
+        for f in files:
+            for d in f[3]:
+                refs[d].append(label)
+    return refs
+
+
+def _all_refs(txn: Txn) -> dict[bytes, list[str]]:
+    refs: dict[bytes, list[str]] = defaultdict(list)
+    for _, raw in txn.scan("artifacts"):
+        rec = unpack(raw)
+        label = f"artifact {rec['name']}:{rec['version']} (id {rec['id']})"
+        for f in list(rec["files"]) + [v[2] for v in rec.get("visualizations") or []]:
+            for d in f[3]:
+                refs[d].append(label)
+    return refs
+
+
+def verify(store: Store, *, progress: Progress | None = None, fix: bool = False) -> VerifyReport:
+    report = VerifyReport()
+    store.flush()
+    kv = store.kv
+    txn = kv.read()
+    try:
+        head = store.log.head(txn)
+        report.problems += store.log.verify(
+            txn, None if progress is None else (lambda n: progress("events", n, head))
+        )
+        report.checked["events"] = head
+        refs = _all_refs(txn)
+        live = _live_refs(txn)
+        # Manifests against the index.
+        for digest, labels in live.items():
+            if txn.get("chunks", digest) is None:
+                report.problems.append(
+                    f"chunk {digest.hex()} is missing from the index; needed by {', '.join(labels)}"
+                )
+        # Every chunk re-read and re-hashed; packs checked against the index.
+        total = txn.count("chunks")
+        n = 0
+        for digest, raw in txn.scan("chunks"):
+            n += 1
+            who = ", ".join(refs.get(digest, ["no artifact"]))
+            try:
+                rec = ChunkRecord.unpack(raw)
+            except Exception:
+                report.problems.append(f"chunk {digest.hex()}: index record is damaged ({who})")
+                continue
+            if isinstance(store.blobs, PackBlobStore) and rec.loc is not None:
+                try:
+                    magic, hdigest, codec, plen, rlen = store.blobs.read_header(
+                        rec.loc[0], rec.loc[1]
+                    )
+                    if (magic, hdigest, codec, plen, rlen) != (
+                        MAGIC,
+                        digest,
+                        rec.codec,
+                        rec.loc[2],
+                        rec.raw_len,
+                    ):
+                        report.problems.append(
+                            f"pack segment {rec.loc[0]}.pack: header of chunk {digest.hex()} "
+                            f"at offset {rec.loc[1]} does not match the index ({who})"
+                        )
+                except ArtledgerError as e:
+                    report.problems.append(f"chunk {digest.hex()} ({who}): {e}")
+                    continue
+            try:
+                buf = bytearray(rec.raw_len)
+                store.chunks.decode_into(digest, rec, memoryview(buf), who)
+            except ArtledgerError as e:
+                report.problems.append(str(e))
+            if progress is not None and n % 64 == 0:
+                progress("chunks", n, total)
+        report.checked["chunks"] = n
+        # Pack files against the segment table.
+        if isinstance(store.blobs, PackBlobStore):
+            ends = {k.decode(): int.from_bytes(v, "big") for k, v in txn.scan("segments")}
+            for name, end in ends.items():
+                size = store.blobs.segment_size(name)
+                if size < 0:
+                    if any(
+                        ChunkRecord.unpack(v).loc and ChunkRecord.unpack(v).loc[0] == name  # type: ignore[index]
+                        for _, v in txn.scan("chunks")
+                    ):
+                        report.problems.append(f"pack segment {name}.pack is missing")
+                elif size < end:
+                    report.problems.append(
+                        f"pack segment {name}.pack is truncated: {size} bytes, {end} committed"
+                    )
+                elif size > end:
+                    report.notes.append(
+                        f"pack segment {name}.pack has {size - end} bytes past its committed "
+                        "end (an unfinished write; `verify --fix` truncates it)"
+                    )
+            report.checked["segments"] = len(ends)
+        # Projections against a fresh fold.
+        fresh = MemoryKV()
+        w = fresh.unsafe_writer()
+        for event in store.log.read(txn):
+            apply(w, event)
+        ftxn = fresh.read()
+        for db in PROJECTION_DBS:
+            live_items = list(txn.scan(db))
+            fresh_items = list(ftxn.scan(db))
+            if live_items != fresh_items:
+                report.problems.append(
+                    f"projection {db!r} differs from a fresh fold of the log "
+                    "(`artledger replay --rebuild` or `verify --fix` rebuilds it)"
+                )
+    except ArtledgerError as e:
+        report.problems.append(f"verify stopped early: {e}")
+    finally:
+        kv.end_read(txn)
+    if store._secret_problem:
+        report.problems.append(store._secret_problem)
+    if fix:
+        if any(p.startswith("projection") for p in report.problems):
+            store.rebuild()
+            report.fixed.append("projections rebuilt from the log")
+        if isinstance(store.blobs, PackBlobStore):
+            report.fixed += store.blobs.recover(store.segment_ends())
+    return report
+
+
+def gc(store: Store, *, dry_run: bool = False, explain: bool = False) -> GcReport:
+    report = GcReport(dry_run=dry_run)
+    store.flush()
+    if dry_run:
+        txn = store.kv.read()
+        try:
+            live = _live_refs(txn)
+            for digest, raw in txn.scan("chunks"):
+                rec = ChunkRecord.unpack(raw)
+                if digest in live:
+                    report.chunks_kept += 1
+                    report.bytes_kept += rec.stored_len
+                    if explain:
+                        report.why_kept[digest.hex()] = sorted(set(live[digest]))
+                else:
+                    report.chunks_reclaimed += 1
+                    report.bytes_reclaimed += rec.stored_len
+        finally:
+            store.kv.end_read(txn)
+        return report
+
+    dead_locs: list[list[Any]] = []
+
+    def sweep(txn: Txn) -> list[tuple[str, dict[str, Any]]]:
+        dead_locs.clear()
+        report.chunks_reclaimed = report.bytes_reclaimed = 0
+        report.chunks_kept = report.bytes_kept = 0
+        live = _live_refs(txn)
+        dead: list[bytes] = []
+        for digest, raw in txn.scan("chunks"):
+            rec = ChunkRecord.unpack(raw)
+            if digest in live:
+                report.chunks_kept += 1
+                report.bytes_kept += rec.stored_len
+            else:
+                dead.append(digest)
+                report.chunks_reclaimed += 1
+                report.bytes_reclaimed += rec.stored_len
+                if rec.loc is not None:
+                    dead_locs.append(rec.loc)
+        for d in dead:
+            txn.delete("chunks", d)
+        stored = txn.get("meta", b"stored_bytes")
+        total = (0 if stored is None else int.from_bytes(stored, "big")) - report.bytes_reclaimed
+        txn.put("meta", b"stored_bytes", max(total, 0).to_bytes(8, "big"))
+        return [
+            (
+                "gc.completed",
+                {"chunks": report.chunks_reclaimed, "bytes": report.bytes_reclaimed},
+            )
+        ]
+
+    store.commit(sweep)
+    failpoints.hit("gc.after_index_commit")
+    if isinstance(store.blobs, MemoryBlobStore):
+        for loc in dead_locs:
+            store.blobs.delete(loc)
+    elif isinstance(store.blobs, PackBlobStore):
+        store.blobs.rotate()
+        _compact(store, store.blobs, report)
+    return report
+
+
+def _compact(store: Store, blobs: PackBlobStore, report: GcReport) -> None:
+    """Rewrite mostly-dead segments; delete dead ones (after the index commit)."""
+    txn = store.kv.read()
+    try:
+        ends = {k.decode(): int.from_bytes(v, "big") for k, v in txn.scan("segments")}
+        live_bytes: dict[str, int] = defaultdict(int)
+        members: dict[str, list[tuple[bytes, ChunkRecord]]] = defaultdict(list)
+        for digest, raw in txn.scan("chunks"):
+            rec = ChunkRecord.unpack(raw)
+            if rec.loc is not None:
+                live_bytes[rec.loc[0]] += rec.loc[2]
+                members[rec.loc[0]].append((digest, rec))
+    finally:
+        store.kv.end_read(txn)
+    active = blobs._active.name if blobs._active is not None else None
+    victims = []
+    for name, end in ends.items():
+        if name == active or end == 0:
+            continue
+        if live_bytes.get(name, 0) < COMPACT_BELOW * end and _unlocked(blobs, name):
+            victims.append(name)
+    if not victims:
+        return
+    moved: dict[bytes, list[Any]] = {}
+    for name in victims:
+        for digest, rec in members.get(name, []):
+            payload = blobs.get(rec.loc)  # type: ignore[arg-type]
+            moved[digest] = blobs.put(digest, rec.codec, rec.raw_len, payload)
+
+    def relink(txn: Txn) -> list[tuple[str, dict[str, Any]]]:
+        for digest, loc in moved.items():
+            raw = txn.get("chunks", digest)
+            if raw is None:
+                continue
+            rec = ChunkRecord.unpack(raw)
+            if rec.loc is not None and rec.loc[0] in victims:
+                rec.loc = loc
+                txn.put("chunks", digest, rec.pack())
+        for name in victims:
+            txn.delete("segments", name.encode())
+        return []
+
+    store.commit(relink)
+    failpoints.hit("gc.before_delete_files")
+    for name in victims:
+        blobs.delete_segment(name)
+        if members.get(name):
+            report.segments_compacted += 1
+        else:
+            report.segments_deleted += 1
+
+
+def _unlocked(blobs: PackBlobStore, name: str) -> bool:
+    """Whether no live writer holds segment ``name``."""
+    try:
+        fd = os.open(blobs.root / f"{name}.pack", os.O_RDONLY)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -1,0 +1,155 @@
+"""Projections of runs and step runs: status, cache index, consumers, history.
+
+Event data (all ids are hex strings):
+
+- ``run.started``: id, pipeline, params, enable_cache, invocations (list of ids)
+- ``run.completed``: id;  ``run.failed``: id, error
+- ``step.started``: id, run, invocation, step, cache_key, components, cache_miss_reason
+- ``step.completed``: id, run, inputs {name: artifact id}, outputs {name: artifact id}
+- ``step.cached``: as step.started plus source (the reused step run), inputs, outputs
+- ``step.failed``: id, run, error;  ``step.skipped``: id, run, invocation, step, reason
+- ``run.deleted``: id
+
+Databases: ``runs`` (run id -> record), ``run_index`` (pipeline NUL seq -> run
+id, and b"\\x01" seq -> run id for all runs), ``steps`` (step run id ->
+record), ``cache`` (cache key NUL seq -> step run id, completed runs only),
+``consumers`` (artifact id NUL step run id -> b""), ``step_history`` (step
+name NUL seq -> step run id, every step run that computed a key).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from engine.kv import Txn
+from engine.log import Event
+from engine.projections import bump, get_record, handles, put_record
+
+_Q = struct.Struct(">Q")
+
+
+def run_index_key(pipeline: str | None, seq: int) -> bytes:
+    if pipeline is None:
+        return b"\x01" + _Q.pack(seq)
+    return pipeline.encode() + b"\x00" + _Q.pack(seq)
+
+
+def cache_index_key(cache_key: str, seq: int) -> bytes:
+    return cache_key.encode() + b"\x00" + _Q.pack(seq)
+
+
+def history_key(step: str, seq: int) -> bytes:
+    return step.encode() + b"\x00" + _Q.pack(seq)
+
+
+def consumer_key(artifact_id: str, step_run_id: str) -> bytes:
+    return artifact_id.encode() + b"\x00" + step_run_id.encode()
+
+
+@handles("run.started")
+def _run_started(txn: Txn, e: Event) -> None:
+    d = e.data
+    rec: dict[str, Any] = {
+        "id": d["id"],
+        "pipeline": d["pipeline"],
+        "params": d.get("params", {}),
+        "enable_cache": d.get("enable_cache"),
+        "status": "running",
+        "seq": e.seq,
+        "ts": e.ts,
+        "ended_ts": None,
+        "steps": {},
+        "error": None,
+        "deleted": None,
+    }
+    put_record(txn, "runs", d["id"], rec)
+    txn.put("run_index", run_index_key(d["pipeline"], e.seq), d["id"].encode())
+    txn.put("run_index", run_index_key(None, e.seq), d["id"].encode())
+    bump(txn, "runs", 1)
+
+
+@handles("run.completed", "run.failed")
+def _run_ended(txn: Txn, e: Event) -> None:
+    rec = get_record(txn, "runs", e.data["id"])
+    if rec is None:
+        return
+    rec["status"] = "completed" if e.type == "run.completed" else "failed"
+    rec["error"] = e.data.get("error")
+    rec["ended_ts"] = e.ts
+    put_record(txn, "runs", rec["id"], rec)
+
+
+@handles("run.deleted")
+def _run_deleted(txn: Txn, e: Event) -> None:
+    rec = get_record(txn, "runs", e.data["id"])
+    if rec is None or rec["deleted"] is not None:
+        return
+    rec["deleted"] = e.seq
+    put_record(txn, "runs", rec["id"], rec)
+    txn.delete("run_index", run_index_key(rec["pipeline"], rec["seq"]))
+    txn.delete("run_index", run_index_key(None, rec["seq"]))
+    for sid in rec["steps"].values():
+        step = get_record(txn, "steps", sid)
+        if step is not None and step.get("cache_seq") is not None:
+            txn.delete("cache", cache_index_key(step["cache_key"], step["cache_seq"]))
+    bump(txn, "runs", -1)
+
+
+def _attach(txn: Txn, run_id: str, invocation: str, step_run_id: str) -> None:
+    run = get_record(txn, "runs", run_id)
+    if run is not None:
+        run["steps"][invocation] = step_run_id
+        put_record(txn, "runs", run_id, run)
+
+
+@handles("step.started", "step.cached", "step.skipped")
+def _step_begun(txn: Txn, e: Event) -> None:
+    d = e.data
+    status = {"step.started": "running", "step.cached": "cached", "step.skipped": "skipped"}[e.type]
+    rec: dict[str, Any] = {
+        "id": d["id"],
+        "run": d["run"],
+        "invocation": d["invocation"],
+        "step": d["step"],
+        "status": status,
+        "cache_key": d.get("cache_key"),
+        "components": d.get("components"),
+        "cache_miss_reason": d.get("cache_miss_reason"),
+        "source": d.get("source"),
+        "inputs": d.get("inputs", {}),
+        "outputs": d.get("outputs", {}),
+        "error": d.get("reason"),
+        "seq": e.seq,
+        "ts": e.ts,
+        "ended_ts": e.ts if status != "running" else None,
+    }
+    put_record(txn, "steps", d["id"], rec)
+    _attach(txn, d["run"], d["invocation"], d["id"])
+    if status == "cached":
+        for aid in rec["inputs"].values():
+            txn.put("consumers", consumer_key(aid, d["id"]), b"")
+    if rec["components"] is not None:
+        txn.put("step_history", history_key(d["step"], e.seq), d["id"].encode())
+
+
+@handles("step.completed", "step.failed")
+def _step_ended(txn: Txn, e: Event) -> None:
+    d = e.data
+    rec = get_record(txn, "steps", d["id"])
+    if rec is None:
+        return
+    rec["ended_ts"] = e.ts
+    if e.type == "step.failed":
+        rec["status"] = "failed"
+        rec["error"] = d.get("error")
+    else:
+        rec["status"] = "completed"
+        rec["inputs"] = d.get("inputs", {})
+        rec["outputs"] = d.get("outputs", {})
+        for aid in rec["inputs"].values():
+            txn.put("consumers", consumer_key(aid, d["id"]), b"")
+        if rec.get("cache_key"):
+            txn.put("cache", cache_index_key(rec["cache_key"], e.seq), d["id"].encode())
+            rec["cache_seq"] = e.seq
+    put_record(txn, "steps", d["id"], rec)

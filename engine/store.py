@@ -1,0 +1,648 @@
+"""The store: opening, the commit path, and every write.
+
+Write order is crash safety: an artifact's chunks are written and fsynced
+first (outside the ledger's write lock, hashed and compressed in a thread
+pool), then one LMDB write transaction appends the events, folds them into
+the projections and records the chunk index entries, and commits durably.
+A crash before the commit leaves only unreferenced bytes; after it,
+everything is there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import struct
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from engine import failpoints
+from engine.artifact_files import WriteFiles
+from engine.blobs import BlobStore, MemoryBlobStore, PackBlobStore
+from engine.catalog import Catalog, normalise_version
+from engine.chunks import ChunkStore, WriteSession, content_hash
+from engine.errors import (
+    ArtifactNotFoundError,
+    ArtledgerError,
+    InvalidArgumentError,
+    MaterializerError,
+    StoreError,
+    StoreFormatError,
+)
+from engine.kv import KV, LmdbKV, MemoryKV, Txn
+from engine.log import Event, EventLog
+from engine.models import ArtifactVersion, Run
+from engine.projections import PROJECTION_DBS, apply, next_version, version_key
+
+if TYPE_CHECKING:
+    from engine.history import HistoricalView
+    from engine.maintenance import GcReport, VerifyReport
+
+FORMAT_VERSION = 1
+DEFAULT_DIR = ".artledger"
+_Q = struct.Struct(">Q")
+
+
+def default_path() -> Path:
+    """``$ARTLEDGER_STORE``, else ``./.artledger``."""
+    return Path(os.environ.get("ARTLEDGER_STORE") or DEFAULT_DIR)
+
+
+def plain(value: Any, *, where: str = "metadata") -> Any:
+    """``value`` as msgpack-able plain data (numpy scalars to Python; tuples to lists)."""
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 1 << 63:
+            return str(value)
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): plain(v, where=where) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v, where=where) for v in value]
+    item = getattr(value, "item", None)
+    if callable(item) and type(value).__module__ == "numpy":
+        return plain(item(), where=where)
+    if isinstance(value, (set, frozenset)):
+        return sorted((plain(v, where=where) for v in value), key=repr)
+    raise InvalidArgumentError(
+        f"{where} value {value!r} of type {type(value).__qualname__} cannot be stored; "
+        "use str, int, float, bool, None, lists and dicts of those"
+    )
+
+
+@dataclass
+class Prepared:
+    """An artifact version whose bytes are written but not yet committed."""
+
+    data: dict[str, Any]
+    session: WriteSession
+    requested_version: int | str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _ChunkGoneError(Exception):
+    """A chunk found during dedup was collected before the commit."""
+
+
+class Store(Catalog):
+    """An artledger store: the event log, the chunk store and the projections.
+
+    Open with :meth:`Store.open` (LMDB and pack files on disk) or
+    :meth:`Store.memory` (the in-memory twin). Thread-safe; several processes
+    may open and write one on-disk store at once.
+    """
+
+    def __init__(
+        self,
+        kv: KV,
+        blobs: BlobStore,
+        *,
+        path: Path | None,
+        secret: bytes,
+        chunk_size: int,
+        level: int,
+        workers: int,
+    ) -> None:
+        self.path = path
+        self.kv = kv
+        self.blobs = blobs
+        self.log = EventLog()
+        self._secret = secret
+        self._secret_problem: str | None = None
+        self._deferred: list[tuple[str, dict[str, Any]]] = []
+        self._deferred_lock = threading.Lock()
+        self._closed = False
+        self._init_ledger()
+        seed_raw = self._meta(b"seed")
+        assert seed_raw is not None
+        self.chunks = ChunkStore(
+            kv, blobs, _Q.unpack(seed_raw)[0], chunk_size=chunk_size, level=level, workers=workers
+        )
+
+    # -- opening ---------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        chunk_size: int = 4 << 20,
+        level: int = 3,
+        workers: int = 2,
+        map_size: int = 64 << 20,
+    ) -> Store:
+        """Open the store at ``path`` (None: ``$ARTLEDGER_STORE`` or ``./.artledger``),
+        creating it when missing."""
+        root = Path(path) if path is not None else default_path()
+        if chunk_size < 64 << 10:
+            raise InvalidArgumentError(f"chunk_size {chunk_size} is too small (minimum 64 KiB)")
+        if root.exists() and not root.is_dir():
+            raise StoreError(
+                f"store path {root} is a file, not a store directory; pass a directory path"
+            )
+        try:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the store directory {root}: {e}") from e
+        ledger = root / "ledger"
+        if ledger.exists() and not (ledger / "data.mdb").exists() and any(ledger.iterdir()):
+            raise StoreError(f"{ledger} exists but holds no ledger (data.mdb); is {root} a store?")
+        fresh = not (ledger / "data.mdb").exists()
+        secret, problem = _load_secret(root, create=fresh)
+        kv = LmdbKV(ledger, map_size=map_size)
+        blobs = PackBlobStore(root / "packs")
+        try:
+            store = cls(
+                kv,
+                blobs,
+                path=root,
+                secret=secret,
+                chunk_size=chunk_size,
+                level=level,
+                workers=workers,
+            )
+        except BaseException:
+            blobs.close()
+            kv.close()
+            raise
+        store._check_secret(problem)
+        store._recover_packs()
+        return store
+
+    @classmethod
+    def memory(cls, *, chunk_size: int = 4 << 20, level: int = 3, workers: int = 2) -> Store:
+        """A store held in memory (the in-memory twin of the LMDB/packs store)."""
+        return cls(
+            MemoryKV(),
+            MemoryBlobStore(),
+            path=None,
+            secret=secrets.token_bytes(32),
+            chunk_size=chunk_size,
+            level=level,
+            workers=workers,
+        )
+
+    def _meta(self, key: bytes) -> bytes | None:
+        txn = self.kv.read()
+        try:
+            return txn.get("meta", key)
+        finally:
+            self.kv.end_read(txn)
+
+    def _init_ledger(self) -> None:
+        def init(txn: Txn) -> None:
+            fmt = txn.get("meta", b"format")
+            if fmt is not None:
+                return
+            txn.put("meta", b"format", _Q.pack(FORMAT_VERSION))
+            txn.put("meta", b"seed", _Q.pack(secrets.randbits(63)))
+            store_id = secrets.token_hex(8)
+            txn.put("meta", b"store_id", store_id.encode())
+            txn.put("meta", b"secret_fp", _fingerprint(self._secret))
+            for e in self.log.append(
+                txn, [("store.created", {"store_id": store_id, "format": FORMAT_VERSION})]
+            ):
+                apply(txn, e)
+
+        fmt = self._meta(b"format")
+        if fmt is None:
+            self.kv.write(init)
+            return
+        version = _Q.unpack(fmt)[0]
+        if version > FORMAT_VERSION:
+            self.kv.close()
+            raise StoreFormatError(
+                f"the store at {self.path} has format version {version}, newer than this "
+                f"artledger supports ({FORMAT_VERSION}); upgrade artledger to open it"
+            )
+
+    def _check_secret(self, problem: str | None) -> None:
+        fp = self._meta(b"secret_fp")
+        if problem is None and fp is not None and fp != _fingerprint(self._secret):
+            problem = (
+                f"the store secret {self.path}/secret does not match the one this store was "
+                "created with (replaced or altered): pickled artifacts will not load"
+            )
+        self._secret_problem = problem
+
+    def _recover_packs(self) -> None:
+        if isinstance(self.blobs, PackBlobStore):
+            self.blobs.recover(self.segment_ends())
+
+    def segment_ends(self) -> dict[str, int]:
+        """The committed end of every pack segment, from the ledger."""
+        with self._read() as txn:
+            return {k.decode(): _Q.unpack(v)[0] for k, v in txn.scan("segments")}
+
+    @property
+    def store_id(self) -> str:
+        raw = self._meta(b"store_id")
+        return "" if raw is None else raw.decode()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("this store is closed; open it again with Store.open()")
+
+    def close(self) -> None:
+        """Flush deferred events and release files; the store object is unusable after."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self.chunks.close()
+            self.blobs.close()
+            self.kv.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = "memory" if self.path is None else str(self.path)
+        return f"<Store {where}>"
+
+    # -- the commit path -----------------------------------------------------------
+    def defer(self, records: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Queue events whose loss costs nothing; they ride along with the next
+        durable commit (or :meth:`flush`)."""
+        with self._deferred_lock:
+            self._deferred.extend(records)
+
+    def flush(self) -> None:
+        """Commit deferred events now (durably)."""
+        with self._deferred_lock:
+            if not self._deferred:
+                return
+        self.commit(lambda txn: [])
+
+    def commit(
+        self,
+        build: Callable[[Txn], list[tuple[str, dict[str, Any]]]],
+        sessions: Iterable[WriteSession] = (),
+    ) -> list[Event]:
+        """Append deferred events plus ``build(txn)``'s, fold them, index the
+        sessions' chunks, and commit durably, all in one transaction."""
+        self._check_open()
+        sessions = list(sessions)
+        ends = self.blobs.flush()
+        failpoints.hit("commit.before_txn")
+        with self._deferred_lock:
+            deferred = list(self._deferred)
+
+            def fn(txn: Txn) -> list[Event]:
+                records = deferred + build(txn)
+                for s in sessions:
+                    self._index(txn, s)
+                for name, end in ends.items():
+                    old = txn.get("segments", name.encode())
+                    if old is None or _Q.unpack(old)[0] < end:
+                        txn.put("segments", name.encode(), _Q.pack(end))
+                events = self.log.append(txn, records)
+                for e in events:
+                    apply(txn, e)
+                failpoints.hit("commit.in_txn")
+                return events
+
+            events = self.kv.write(fn)
+            del self._deferred[: len(deferred)]
+        failpoints.hit("commit.after")
+        return events
+
+    def _index(self, txn: Txn, session: WriteSession) -> None:
+        added = 0
+        for digest in session.referenced:
+            if txn.get("chunks", digest) is not None:
+                continue
+            rec = session.new.get(digest)
+            if rec is None:
+                raise _ChunkGoneError(digest)
+            txn.put("chunks", digest, rec.pack())
+            added += rec.stored_len
+        if added:
+            raw = txn.get("meta", b"stored_bytes")
+            total = (0 if raw is None else int.from_bytes(raw, "big")) + added
+            txn.put("meta", b"stored_bytes", total.to_bytes(8, "big"))
+
+    # -- artifacts -------------------------------------------------------------
+    def prepare(
+        self,
+        obj: Any,
+        name: str,
+        *,
+        version: int | str | None = None,
+        tags: Iterable[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+        materializer: type | None = None,
+        producer: str | None = None,
+        run: str | None = None,
+        session: WriteSession | None = None,
+    ) -> Prepared:
+        """Materialize ``obj`` into chunks (durable after the next commit)."""
+        from materializers import registry
+
+        self._check_open()
+        _check_name(name)
+        version = normalise_version(version)
+        tags = _check_tags(tags)
+        user_meta = plain(dict(metadata or {}), where="metadata")
+        cls = materializer or registry.materializer_for(type(obj))
+        ident = registry.identity(cls)
+        session = session or self.chunks.session()
+        files = WriteFiles(session, self._secret)
+        try:
+            m = cls(files)
+            m.save(obj)
+            files.finish()
+        except ArtledgerError:
+            files.discard()
+            raise
+        except Exception as e:
+            files.discard()
+            raise MaterializerError(
+                f"materializer {ident} failed to save a {type(obj).__qualname__} "
+                f"as artifact {name!r}: {e}"
+            ) from e
+        entries = list(files.entries.values())
+        chash = content_hash(entries)
+        size = sum(f.size for f in entries)
+        extracted = _safe_call(m.extract_metadata, obj, f"{ident}.extract_metadata")
+        meta = plain(extracted or {}, where=f"metadata extracted by {ident}")
+        meta.update({"size": size, "content_hash": chash, "materializer": ident})
+        vis: list[list[Any]] = []
+        vfiles = WriteFiles(session, self._secret)
+        kinds = _safe_call(cls(vfiles).save_visualizations, obj, f"{ident}.save_visualizations")
+        vfiles.finish()
+        for vname, kind in (kinds or {}).items():
+            entry = vfiles.entries.get(vname)
+            if entry is not None:
+                vis.append([vname, str(kind), entry.to_record()])
+        data = {
+            "id": secrets.token_hex(8),
+            "name": name,
+            "version": version,
+            "content_hash": chash,
+            "data_type": registry.topic_of(type(obj)),
+            "materializer": ident,
+            "materializer_version": int(getattr(cls, "VERSION", 1)),
+            "artifact_type": str(getattr(cls, "ASSOCIATED_ARTIFACT_TYPE", "data")),
+            "files": [f.to_record() for f in entries],
+            "visualizations": vis,
+            "state": plain(files.state, where="materializer state"),
+            "metadata": meta,
+            "user_metadata": user_meta,
+            "tags": tags,
+            "producer": producer,
+            "run": run,
+            "size": size,
+        }
+        return Prepared(data, session, version)
+
+    def assign_versions(self, txn: Txn, prepared: list[Prepared]) -> list[dict[str, Any]]:
+        """Fill in version numbers inside the commit transaction (gapless per name)."""
+        nexts: dict[str, int] = {}
+        out = []
+        for p in prepared:
+            d = dict(p.data)
+            name = d["name"]
+            nxt = nexts.get(name) or next_version(txn, name)
+            v = p.requested_version
+            if v is None:
+                v = nxt
+            elif txn.get("versions", version_key(name, v)) is not None or (
+                isinstance(v, int) and v < nxt and _taken(txn, name, v)
+            ):
+                raise InvalidArgumentError(
+                    f"artifact {name!r} already has version {v!r}; pick another or omit version="
+                )
+            if isinstance(v, int) and v >= nxt:
+                nxt = v + 1
+            nexts[name] = nxt
+            d["version"] = v
+            out.append(d)
+        return out
+
+    def commit_artifacts(
+        self,
+        prepared: list[Prepared],
+        extra: Callable[[list[dict[str, Any]]], list[tuple[str, dict[str, Any]]]] | None = None,
+    ) -> list[ArtifactVersion]:
+        """Commit prepared artifacts (plus ``extra`` events built from their
+        final records) in one durable transaction."""
+        datas: list[dict[str, Any]] = []
+
+        def build(txn: Txn) -> list[tuple[str, dict[str, Any]]]:
+            datas[:] = self.assign_versions(txn, prepared)
+            records = [("artifact.written", d) for d in datas]
+            if extra is not None:
+                records += extra(datas)
+            return records
+
+        sessions = {id(p.session): p.session for p in prepared}.values()
+        try:
+            self.commit(build, sessions)
+        except _ChunkGoneError as e:
+            raise StoreError(
+                f"chunk {e.args[0].hex()} was collected by a concurrent gc while this write "
+                "was in progress; nothing was committed, retry the write"
+            ) from None
+        return [self.get_artifact_by_id(d["id"]) for d in datas]
+
+    def save_artifact(
+        self,
+        obj: Any,
+        name: str,
+        version: int | str | None = None,
+        tags: Iterable[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        materializer: type | None = None,
+    ) -> ArtifactVersion:
+        """Store ``obj`` as the next version of ``name``; returns after a durable commit."""
+        for attempt in range(2):
+            p = self.prepare(
+                obj, name, version=version, tags=tags, metadata=metadata, materializer=materializer
+            )
+            try:
+                return self.commit_artifacts([p])[0]
+            except StoreError as e:
+                if attempt or "concurrent gc" not in str(e):
+                    raise
+        raise AssertionError("unreachable")
+
+    def load_artifact(self, name: str, version: int | str | None = None) -> Any:
+        """The object stored as ``name`` (latest version unless one is given)."""
+        return self.get_artifact(name, version).load()
+
+    def _resolve(self, art: ArtifactVersion | str) -> ArtifactVersion:
+        if isinstance(art, ArtifactVersion):
+            art = self.get_artifact_by_id(art.id)
+        elif isinstance(art, str):
+            art = self.get_artifact_by_id(art)
+        else:
+            raise InvalidArgumentError(f"expected an ArtifactVersion or an id, not {art!r}")
+        if art.deleted:
+            raise ArtifactNotFoundError(f"artifact {art.name}:{art.version} was deleted")
+        return art
+
+    def _simple(self, records: list[tuple[str, dict[str, Any]]]) -> None:
+        self.commit(lambda txn: records)
+
+    def tag(self, art: ArtifactVersion | str, *tags: str) -> ArtifactVersion:
+        """Add tags to an artifact version."""
+        a = self._resolve(art)
+        self._simple([("artifact.tagged", {"id": a.id, "tags": _check_tags(tags)})])
+        return self.get_artifact_by_id(a.id)
+
+    def untag(self, art: ArtifactVersion | str, *tags: str) -> ArtifactVersion:
+        """Remove tags from an artifact version."""
+        a = self._resolve(art)
+        self._simple([("artifact.untagged", {"id": a.id, "tags": _check_tags(tags)})])
+        return self.get_artifact_by_id(a.id)
+
+    def log_metadata(
+        self, art: ArtifactVersion | str, metadata: Mapping[str, Any]
+    ) -> ArtifactVersion:
+        """Attach user metadata to an artifact version (a ``metadata.logged`` event)."""
+        a = self._resolve(art)
+        if not isinstance(metadata, Mapping):
+            raise InvalidArgumentError("metadata must be a mapping of str to plain values")
+        self._simple([("metadata.logged", {"id": a.id, "metadata": plain(dict(metadata))})])
+        return self.get_artifact_by_id(a.id)
+
+    def delete_artifact(self, art: ArtifactVersion | str) -> None:
+        """Tombstone an artifact version; its bytes stay until :meth:`gc`."""
+        a = self._resolve(art)
+        self._simple([("artifact.deleted", {"id": a.id})])
+
+    def delete_run(self, run: Run | str) -> None:
+        """Tombstone a run (its artifacts stay; delete them separately)."""
+        r = self.get_run(run.id if isinstance(run, Run) else run)
+        if r.deleted:
+            return
+        self._simple([("run.deleted", {"id": r.id})])
+
+    # -- maintenance ---------------------------------------------------------------
+    def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Drop every projection and fold the whole log again; events folded."""
+        self.flush()
+
+        def fn(txn: Txn) -> int:
+            for db in PROJECTION_DBS:
+                txn.drop(db)
+            txn.delete("meta", b"proj_pos")
+            head = self.log.head(txn)
+            n = 0
+            for e in self.log.read(txn):
+                apply(txn, e)
+                n += 1
+                if progress is not None and n % 20000 == 0:
+                    progress(n, head)
+            failpoints.hit("rebuild.before_commit")
+            return n
+
+        return self.kv.write(fn)
+
+    def verify(
+        self, *, fix: bool = False, progress: Callable[[str, int, int], None] | None = None
+    ) -> VerifyReport:
+        """Check the hash chain, every chunk, the projections and the packs.
+
+        With ``fix``: rebuild projections that differ from the log and
+        truncate torn pack tails (referenced data is never deleted)."""
+        from engine.maintenance import verify
+
+        return verify(self, progress=progress, fix=fix)
+
+    def gc(self, dry_run: bool = False, *, explain: bool = False) -> GcReport:
+        """Reclaim chunks no live artifact version references."""
+        from engine.maintenance import gc
+
+        return gc(self, dry_run=dry_run, explain=explain)
+
+    def as_of(self, when: Any) -> HistoricalView:
+        """A read-only view of the store as it was after event ``when`` (a
+        sequence number) or at a ``datetime``."""
+        from engine.history import HistoricalView
+
+        self.flush()
+        return HistoricalView.build(self, when)
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not name or "\x00" in name or len(name) > 512:
+        raise InvalidArgumentError(
+            f"artifact name must be a non-empty string without NUL (at most 512 chars), "
+            f"not {name!r}"
+        )
+
+
+def _check_tags(tags: Iterable[str]) -> list[str]:
+    if isinstance(tags, str):
+        tags = [tags]
+    out = []
+    for t in tags:
+        if not isinstance(t, str) or not t or "\x00" in t:
+            raise InvalidArgumentError(f"tags must be non-empty strings, not {t!r}")
+        out.append(t)
+    return sorted(set(out))
+
+
+def _taken(txn: Txn, name: str, v: int) -> bool:
+    return txn.get("versions", version_key(name, v)) is not None
+
+
+def _safe_call(fn: Callable[[Any], Any], obj: Any, what: str) -> Any:
+    try:
+        return fn(obj)
+    except ArtledgerError:
+        raise
+    except Exception as e:
+        warnings.warn(
+            f"{what} failed ({type(e).__name__}: {e}); skipped", UserWarning, stacklevel=3
+        )
+        return None
+
+
+def _fingerprint(secret: bytes) -> bytes:
+    return hashlib.blake2b(secret, digest_size=16, person=b"artledger-secret").digest()
+
+
+def _load_secret(root: Path, *, create: bool) -> tuple[bytes, str | None]:
+    path = root / "secret"
+    if create and not path.exists():
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, secrets.token_bytes(32))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return secrets.token_bytes(32), (
+            f"the store secret {path} is missing: pickled artifacts will not load; "
+            "restore the file from a backup"
+        )
+    except OSError as e:
+        raise StoreError(f"cannot read the store secret {path}: {e}") from e
+    if len(data) < 16:
+        return secrets.token_bytes(32), (
+            f"the store secret {path} is truncated: pickled artifacts will not load; "
+            "restore the file from a backup"
+        )
+    return data, None

@@ -1,0 +1,269 @@
+"""Which materializer saves which type, and how classes are named in the log.
+
+Rules (the contract the engine and users rely on):
+
+* A materializer registers for its ``ASSOCIATED_TYPES`` when its class is
+  defined (``SKIP_REGISTRATION = True`` in the class body opts out), or
+  explicitly with :func:`register`.
+* For one exact type, **a user materializer always wins over a built-in one**
+  (built-ins are the classes defined in this package). Among automatic
+  registrations the first one wins; an explicit :func:`register` always takes
+  the type over, whoever had it (last explicit call wins).
+* :func:`materializer_for` walks the data type's MRO and returns the first
+  registered materializer whose ``can_handle_type`` accepts the type, so a
+  subclass of ``Animal`` uses ``Animal``'s materializer unless it has its own.
+* With nothing found it falls back to the cloudpickle materializer and says so
+  with a :class:`UserWarning`.
+
+Classes (materializers and data types) are named ``"module:QualName"``.
+Renamed classes keep loading through aliases (:func:`register_alias`).
+numpy is never imported by this module: its materializer is registered the
+first time a type whose MRO contains ``numpy.ndarray`` or ``numpy.generic`` is
+looked up.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from engine.errors import MaterializerError
+
+if TYPE_CHECKING:
+    from materializers.base import BaseMaterializer
+
+M = TypeVar("M", bound="type[BaseMaterializer]")
+
+_BUILTIN_PACKAGE = "materializers"
+
+# exact data type -> the materializer registered for it
+_by_type: dict[type, type[BaseMaterializer]] = {}
+# identity -> class, for every materializer ever registered in this process (so
+# classes that cannot be imported by name, e.g. defined in a function, still resolve)
+_known: dict[str, type[BaseMaterializer]] = {}
+# old identity or topic -> new one
+_aliases: dict[str, str] = {}
+# topic -> data type, for types seen by topic_of (same reason as _known)
+_seen_types: weakref.WeakValueDictionary[str, type] = weakref.WeakValueDictionary()
+# topics whose materializer lives in a module imported on first use
+_lazy: dict[str, str] = {
+    "numpy:ndarray": "materializers.numpy",
+    "numpy:generic": "materializers.numpy",
+}
+
+
+def identity(cls: type) -> str:
+    """The ``"module:QualName"`` name of a class, as stored in events."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def topic_of(data_type: type) -> str:
+    """The ``"module:QualName"`` topic of a data type (``builtins:int``,
+    ``numpy:ndarray``), the form :func:`import_topic` reads back."""
+    topic = identity(data_type)
+    _seen_types[topic] = data_type
+    return topic
+
+
+def _is_builtin(cls: type) -> bool:
+    module = cls.__module__
+    return module == _BUILTIN_PACKAGE or module.startswith(_BUILTIN_PACKAGE + ".")
+
+
+def _record(cls: type[BaseMaterializer], *, explicit: bool) -> None:
+    for data_type in cls.ASSOCIATED_TYPES:
+        if not isinstance(data_type, type):
+            raise MaterializerError(
+                f"{identity(cls)}.ASSOCIATED_TYPES holds {data_type!r}, which is not a type. "
+                "List classes only, e.g. ASSOCIATED_TYPES = (MyModel,)."
+            )
+    _known[identity(cls)] = cls
+    for data_type in cls.ASSOCIATED_TYPES:
+        current = _by_type.get(data_type)
+        if current is None or explicit or (_is_builtin(current) and not _is_builtin(cls)):
+            _by_type[data_type] = cls
+
+
+def _register_subclass(cls: type[BaseMaterializer]) -> None:
+    """Called by ``BaseMaterializer.__init_subclass__``: automatic registration."""
+    if cls.__dict__.get("SKIP_REGISTRATION", False):
+        _known[identity(cls)] = cls
+        return
+    _record(cls, explicit=False)
+
+
+@overload
+def register(cls: M, *, aliases: Sequence[str] = ()) -> M: ...
+@overload
+def register(cls: None = None, *, aliases: Sequence[str] = ()) -> Callable[[M], M]: ...
+def register(cls: M | None = None, *, aliases: Sequence[str] = ()) -> M | Callable[[M], M]:
+    """Make ``cls`` the materializer of each of its ``ASSOCIATED_TYPES``.
+
+    Usable as ``@register``, ``@register(aliases=("old.module:OldName",))`` or
+    ``register(cls)``. Idempotent. An explicit registration takes the types
+    over from any earlier one (built-in or not). ``aliases`` are the class's
+    former identities, so artifacts written under an old name still load.
+    """
+
+    def apply(target: M) -> M:
+        from materializers.base import BaseMaterializer
+
+        if not (isinstance(target, type) and issubclass(target, BaseMaterializer)):
+            raise MaterializerError(
+                f"register() takes a BaseMaterializer subclass, got {target!r}. "
+                "Subclass materializers.BaseMaterializer and set ASSOCIATED_TYPES."
+            )
+        _record(target, explicit=True)
+        for old in aliases:
+            register_alias(old, target)
+        return target
+
+    if cls is None:
+        return apply
+    return apply(cls)
+
+
+def register_alias(old_identity: str, new: type | str) -> None:
+    """Let ``old_identity`` (a class's former ``"module:QualName"``) resolve to
+    ``new`` (a class or its identity). Works for materializers and data types."""
+    _check_form(old_identity)
+    target = new if isinstance(new, str) else identity(new)
+    if not isinstance(new, str):
+        _seen_types.setdefault(target, new)
+    _aliases[old_identity] = target
+
+
+def materializer_for(data_type: type) -> type[BaseMaterializer]:
+    """The materializer that saves and loads ``data_type`` (see module docs).
+
+    Falls back to the cloudpickle materializer with a ``UserWarning`` naming the
+    type and how to register a proper one.
+    """
+    mro = getattr(data_type, "__mro__", None)
+    if mro is None:
+        raise MaterializerError(f"materializer_for() takes a type, got {data_type!r}.")
+    for klass in mro:
+        module = _lazy.get(identity(klass))
+        if module is not None and module not in sys.modules:
+            importlib.import_module(module)
+    for klass in mro:
+        cls = _by_type.get(klass)
+        if cls is not None and cls.can_handle_type(data_type):
+            return cls
+    from materializers.cloudpickle_materializer import CloudpickleMaterializer
+
+    name = data_type.__qualname__
+    warnings.warn(
+        f"No materializer for type `{name}` ({identity(data_type)}); saving it with "
+        "cloudpickle, which only loads under the same Python and library versions and "
+        "runs code when loaded. Register one with `@register` (a BaseMaterializer "
+        f"subclass with ASSOCIATED_TYPES = ({name},)) or pass `output_materializers=`.",
+        UserWarning,
+        stacklevel=2,
+    )
+    return CloudpickleMaterializer
+
+
+def registered() -> dict[type, type[BaseMaterializer]]:
+    """A snapshot of the exact-type registrations (lazy ones appear once loaded)."""
+    return dict(_by_type)
+
+
+def _check_form(name: str) -> None:
+    module, sep, qualname = name.partition(":")
+    if not (sep and module and qualname):
+        raise MaterializerError(
+            f"`{name}` is not a class identity; expected the form 'package.module:QualName'."
+        )
+
+
+def _follow_aliases(name: str) -> str:
+    seen = {name}
+    while name in _aliases:
+        name = _aliases[name]
+        if name in seen:
+            raise MaterializerError(f"Aliases for `{name}` form a cycle; fix register_alias().")
+        seen.add(name)
+    return name
+
+
+def _import(name: str, what: str) -> Any:
+    _check_form(name)
+    target = _follow_aliases(name)
+    if target in _known:
+        return _known[target]
+    if target in _seen_types:
+        return _seen_types[target]
+    module_name, _, qualname = target.partition(":")
+    via = f" (alias of `{name}`)" if target != name else ""
+    fix = (
+        f"Make sure the module `{module_name}` is importable (installed, on sys.path) and "
+        f"defines `{qualname}` at module level, or, if it was renamed, call "
+        f"materializers.register_alias('{target}', NewClass)."
+    )
+    if "<locals>" in qualname:
+        raise MaterializerError(
+            f"Cannot import {what} `{target}`{via}: it was defined inside a function. "
+            f"Define it at module level. {fix}"
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise MaterializerError(f"Cannot import {what} `{target}`{via}: {exc}. {fix}") from exc
+    try:
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except AttributeError as exc:
+        raise MaterializerError(
+            f"Cannot find {what} `{target}`{via}: module `{module_name}` has no `{qualname}`. {fix}"
+        ) from exc
+    if not isinstance(obj, type):
+        raise MaterializerError(f"`{target}`{via} is {obj!r}, not a class. {fix}")
+    return obj
+
+
+def resolve(materializer_identity: str) -> type[BaseMaterializer]:
+    """The materializer class named ``materializer_identity`` ("module:QualName"),
+    importing its module and following aliases. Raises :class:`MaterializerError`
+    naming the identity and the fix when it cannot."""
+    from materializers.base import BaseMaterializer
+
+    cls: type = _import(materializer_identity, "materializer")
+    if not issubclass(cls, BaseMaterializer):
+        raise MaterializerError(
+            f"`{materializer_identity}` is not a BaseMaterializer subclass; "
+            "pass the identity of a materializer class."
+        )
+    return cls
+
+
+def import_topic(topic: str) -> type:
+    """The data type named ``topic`` (``"builtins:int"``, ``"numpy:ndarray"``),
+    importing its module and following aliases."""
+    cls: type = _import(topic, "data type")
+    return cls
+
+
+@contextmanager
+def temporary_registrations() -> Iterator[None]:
+    """Undo, on exit, every registration and alias made inside the block (for
+    tests and experiments). Built-in materializers loaded lazily inside the
+    block stay registered."""
+    by_type, known, aliases = dict(_by_type), dict(_known), dict(_aliases)
+    try:
+        yield
+    finally:
+        lazily_loaded = {t: c for t, c in _by_type.items() if t not in by_type and _is_builtin(c)}
+        _by_type.clear()
+        _by_type.update(by_type)
+        _by_type.update(lazily_loaded)
+        _known.clear()
+        _known.update(known)
+        _known.update({identity(c): c for c in lazily_loaded.values()})
+        _aliases.clear()
+        _aliases.update(aliases)
