@@ -17,9 +17,12 @@ from engine.artifact_files import ReadFiles
 from engine.chunks import ChunkStore, FileEntry
 from engine.errors import (
     ArtifactNotFoundError,
+    ArtledgerError,
+    IntegrityError,
     InvalidArgumentError,
     MaterializerError,
     RunNotFoundError,
+    UntrustedArtifactError,
 )
 from engine.kv import KV, Txn
 from engine.log import Event, EventLog, unpack
@@ -49,6 +52,7 @@ class Catalog:
     chunks: ChunkStore
     log: EventLog
     _secret: bytes
+    _secret_problem: str | None = None
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Txn]:
@@ -215,8 +219,23 @@ class Catalog:
         except Exception:
             data_type = object
         files = self._files(rec)
+        label = self._label(rec)
         try:
             return cls(files).load(data_type)
+        except (UntrustedArtifactError, MaterializerError) as e:
+            if label in str(e):
+                raise
+            hint = f" ({self._secret_problem})" if self._secret_problem else ""
+            raise type(e)(f"{label}: {e}{hint}") from e
+        except IntegrityError:
+            raise
+        except ArtledgerError:
+            raise
+        except Exception as e:
+            raise MaterializerError(
+                f"{label}: materializer {rec['materializer']} failed to load it: "
+                f"{type(e).__name__}: {e}"
+            ) from e
         finally:
             files.cleanup()
 

@@ -53,6 +53,7 @@ class HistoricalView(Catalog):
         self.chunks = store.chunks
         self.log = EventLog()
         self._secret = store._secret
+        self._secret_problem = store._secret_problem
 
     @classmethod
     def build(cls, store: Store, when: Any) -> HistoricalView:

@@ -10,6 +10,7 @@ everything is there.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import os
@@ -18,6 +19,7 @@ import struct
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -363,8 +365,12 @@ class Store(Catalog):
         ident = registry.identity(cls)
         session = session or self.chunks.session()
         files = WriteFiles(session, self._secret)
+        meta_job: Future[Any] | None = None
         try:
             m = cls(files)
+            if getattr(obj, "nbytes", 0) >= _OVERLAP_METADATA:
+                # Large arrays: compute statistics while the bytes are hashed and written.
+                meta_job = _side_pool().submit(m.extract_metadata, obj)
             m.save(obj)
             files.finish()
         except ArtledgerError:
@@ -376,10 +382,17 @@ class Store(Catalog):
                 f"materializer {ident} failed to save a {type(obj).__qualname__} "
                 f"as artifact {name!r}: {e}"
             ) from e
+        finally:
+            if meta_job is not None:
+                concurrent.futures.wait([meta_job])
         entries = list(files.entries.values())
         chash = content_hash(entries)
         size = sum(f.size for f in entries)
-        extracted = _safe_call(m.extract_metadata, obj, f"{ident}.extract_metadata")
+        extracted = _safe_call(
+            m.extract_metadata if meta_job is None else (lambda _: meta_job.result()),
+            obj,
+            f"{ident}.extract_metadata",
+        )
         meta = plain(extracted or {}, where=f"metadata extracted by {ident}")
         meta.update({"size": size, "content_hash": chash, "materializer": ident})
         vis: list[list[Any]] = []
@@ -603,6 +616,20 @@ def _check_tags(tags: Iterable[str]) -> list[str]:
 
 def _taken(txn: Txn, name: str, v: int) -> bool:
     return txn.get("versions", version_key(name, v)) is not None
+
+
+_OVERLAP_METADATA = 8 << 20
+_side: ThreadPoolExecutor | None = None
+_side_lock = threading.Lock()
+
+
+def _side_pool() -> ThreadPoolExecutor:
+    """One thread for work that overlaps a save (metadata of large arrays)."""
+    global _side
+    with _side_lock:
+        if _side is None:
+            _side = ThreadPoolExecutor(1, thread_name_prefix="artledger-meta")
+        return _side
 
 
 def _safe_call(fn: Callable[[Any], Any], obj: Any, what: str) -> Any:
