@@ -98,6 +98,7 @@ class _Segment:
         self.fd = fd
         self.end = end
         self.dirty = False
+        self.unreported = False  # written since the caller last recorded its end
 
 
 class PackBlobStore(BlobStore):
@@ -117,6 +118,7 @@ class PackBlobStore(BlobStore):
         self._readers: dict[str, int] = {}
         self._readers_lock = threading.Lock()
         self._retired_ends: dict[str, int] = {}
+        self._new_files = False  # a segment file was created since the last flush
 
     # -- writing ---------------------------------------------------------------
     def _new_segment(self) -> _Segment:
@@ -139,6 +141,7 @@ class PackBlobStore(BlobStore):
                     self._sync(seg)
                     self._retire(seg)
                 seg = self._active = self._new_segment()
+                self._new_files = True
             try:
                 failpoints.hit("blob.before_write")
                 written = os.writev(seg.fd, [header, payload])
@@ -156,7 +159,7 @@ class PackBlobStore(BlobStore):
                 raise StoreError(f"cannot write pack segment {seg.path}: {e}") from e
             offset = seg.end + HEADER.size
             seg.end += HEADER.size + n
-            seg.dirty = True
+            seg.dirty = seg.unreported = True
             failpoints.hit("blob.after_write")
             return [seg.name, offset, n]
 
@@ -177,11 +180,13 @@ class PackBlobStore(BlobStore):
         with self._lock:
             ends, self._retired_ends = self._retired_ends, {}
             seg = self._active
-            if seg is not None:
+            if seg is not None and (seg.dirty or seg.unreported):
                 self._sync(seg)
                 ends[seg.name] = seg.end
+                seg.unreported = False
                 failpoints.hit("blob.after_fsync")
-            if ends:
+            if self._new_files:
+                self._new_files = False
                 with contextlib.suppress(OSError):
                     dfd = os.open(self.root, os.O_RDONLY)
                     try:

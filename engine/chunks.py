@@ -35,6 +35,7 @@ CODEC_RAW = 0
 CODEC_ZSTD = 1
 INLINE_MAX = 2048
 SAMPLE = 32 << 10
+INLINE_POOL_MAX = 64 << 10  # chunks this small are encoded in the writing thread
 MIN_SAVING = 0.9  # store raw when compressed/raw is above this
 
 
@@ -278,6 +279,10 @@ class ChunkWriter(io.RawIOBase):
         return True
 
     def _submit(self, chunk: memoryview) -> None:
+        if not self._inflight and len(chunk) <= INLINE_POOL_MAX:
+            # Small chunks: a thread hop costs more than the work.
+            self._digests.append(self._s._store(self._s._encode(chunk)))
+            return
         while len(self._inflight) >= self._window:
             self._digests.append(self._s._store(self._inflight.popleft().result()))
         self._inflight.append(self._s.store.pool.submit(self._s._encode, chunk))

@@ -191,9 +191,49 @@ class MemFilesFactory:
             files.cleanup()
 
 
-@pytest.fixture(name="files_factory")
-def files_factory_fixture() -> Iterator[FilesFactory]:
-    """The in-memory backend; the engine overrides ``files_factory``."""
-    factory = MemFilesFactory()
+class StoreFilesFactory:
+    """The engine's own files over a real on-disk store (chunks, packs, LMDB index)."""
+
+    def __init__(self, root: Path) -> None:
+        from engine import Store
+
+        self.store = Store.open(root, chunk_size=64 << 10)
+        self._readers: list[Any] = []
+
+    def new(self) -> ArtifactFiles:
+        from engine.artifact_files import WriteFiles
+
+        return WriteFiles(self.store.chunks.session(), self.store._secret)
+
+    def saved(self, files: ArtifactFiles) -> ArtifactFiles:
+        from engine.artifact_files import ReadFiles, WriteFiles
+
+        assert isinstance(files, WriteFiles)
+        files.finish()
+        # Index the written chunks durably (a commit with no events), then read
+        # everything back through the chunk index, verified.
+        self.store.commit(lambda txn: [], [files._session])
+        reader = ReadFiles(
+            self.store.chunks, self.store._secret, dict(files.entries), dict(files.state), "t"
+        )
+        self._readers.append(reader)
+        return reader
+
+    def cleanup(self) -> None:
+        for r in self._readers:
+            r.cleanup()
+        self.store.close()
+
+
+@pytest.fixture(name="files_factory", params=["memory", "store"])
+def files_factory_fixture(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FilesFactory]:
+    """Materializer round trips run on in-memory files and on the real store."""
+    factory: Any
+    if request.param == "memory":
+        factory = MemFilesFactory()
+    else:
+        factory = StoreFilesFactory(tmp_path_factory.mktemp("mat-store"))
     yield factory
     factory.cleanup()
