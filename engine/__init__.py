@@ -24,6 +24,10 @@ from engine.errors import (
     UntrustedArtifactError,
 )
 
+# Imported eagerly (it is light): ``engine.pipeline`` must be the decorator, not
+# the submodule the import system would otherwise bind to that attribute.
+from engine.pipeline import pipeline, step
+
 if TYPE_CHECKING:
     from engine.api import active_store, load_artifact, save_artifact, use_store
     from engine.lineage import LineageGraph
@@ -68,7 +72,9 @@ __all__ = [
     "UntrustedArtifactError",
     "active_store",
     "load_artifact",
+    "pipeline",
     "save_artifact",
+    "step",
     "use_store",
 ]
 

@@ -146,7 +146,14 @@ class PackBlobStore(BlobStore):
                 failpoints.hit("blob.before_write")
                 written = os.writev(seg.fd, [header, payload])
                 if written != HEADER.size + n:
-                    raise OSError(errno.EIO, f"short write to {seg.path}")
+                    # A short write (e.g. the disk just filled): write the rest,
+                    # which raises the real cause (ENOSPC) if it persists.
+                    rest = memoryview(header + bytes(payload))[written:]
+                    while rest:
+                        k = os.write(seg.fd, rest)
+                        if k <= 0:
+                            raise OSError(errno.EIO, f"short write to {seg.path}")
+                        rest = rest[k:]
             except OSError as e:
                 # Leave no partial record behind in the active segment.
                 with contextlib.suppress(OSError):

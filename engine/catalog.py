@@ -28,7 +28,7 @@ from engine.kv import KV, Txn
 from engine.log import Event, EventLog, unpack
 from engine.models import ArtifactVersion, Run, StepRun
 from engine.projections import counter, version_key
-from engine.projections_runs import consumer_key
+from engine.projections_runs import consumer_key, run_step_ids
 
 if TYPE_CHECKING:
     from engine.lineage import LineageGraph
@@ -144,6 +144,9 @@ class Catalog:
         self, name: str | None = None, tag: str | None = None, *, include_deleted: bool = False
     ) -> list[ArtifactVersion]:
         """Artifact versions, oldest first, optionally of one name and/or one tag."""
+        for what, value in (("name", name), ("tag", tag)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidArgumentError(f"{what} must be a string or None, not {value!r}")
         out: list[ArtifactVersion] = []
         with self._read() as txn:
             if tag is not None:
@@ -258,16 +261,18 @@ class Catalog:
     def get_run(self, run_id: str) -> Run:
         with self._read() as txn:
             raw = txn.get("runs", str(run_id).encode())
-        if raw is None:
-            raise RunNotFoundError(f"no run with id {run_id!r}; `artledger runs` lists them")
-        return Run(self, unpack(raw))
+            if raw is None:
+                raise RunNotFoundError(f"no run with id {run_id!r}; `artledger runs` lists them")
+            return Run(self, _run_record(txn, raw))
 
     def list_runs(self, pipeline: str | None = None) -> list[Run]:
         """Runs (not deleted), oldest first, optionally of one pipeline."""
         prefix = b"\x01" if pipeline is None else pipeline.encode() + b"\x00"
         with self._read() as txn:
             ids = [v.decode() for _, v in txn.scan("run_index", prefix=prefix)]
-            recs = [unpack(raw) for raw in (txn.get("runs", i.encode()) for i in ids) if raw]
+            recs = [
+                _run_record(txn, raw) for raw in (txn.get("runs", i.encode()) for i in ids) if raw
+            ]
         return [Run(self, r) for r in recs]
 
     def get_step_run(self, step_run_id: str) -> StepRun:
@@ -276,6 +281,17 @@ class Catalog:
         if raw is None:
             raise RunNotFoundError(f"no step run with id {step_run_id!r}")
         return StepRun(self, unpack(raw))
+
+    def step_components(self, step_run_id: str) -> dict[str, Any] | None:
+        """The cache-key components a step run recorded (None if it computed no key)."""
+        with self._read() as txn:
+            raw = txn.get("step_components", str(step_run_id).encode())
+            if raw is None:  # a cache hit: the components of the step run it reused
+                step = txn.get("steps", str(step_run_id).encode())
+                source = None if step is None else unpack(step).get("source")
+                if source:
+                    raw = txn.get("step_components", source.encode())
+        return None if raw is None else unpack(raw)
 
     def consumers(self, art: ArtifactVersion | str) -> list[StepRun]:
         """Step runs that read this artifact version as an input, oldest first."""
@@ -313,11 +329,18 @@ class Catalog:
             return {
                 "events": self.log.head(txn),
                 "runs": counter(txn, "runs"),
-                "artifacts": counter(txn, "artifacts"),
+                "artifacts": txn.count("artifacts") - counter(txn, "deleted_artifacts"),
                 "chunks": txn.count("chunks"),
                 "logical_bytes": counter(txn, "logical_bytes"),
                 "stored_bytes": _stored_bytes(txn),
             }
+
+
+def _run_record(txn: Txn, raw: bytes) -> dict[str, Any]:
+    """A run's projection record with its ``steps`` (invocation -> step run id)."""
+    rec: dict[str, Any] = unpack(raw)
+    rec["steps"] = run_step_ids(txn, rec["id"])
+    return rec
 
 
 def _stored_bytes(txn: Txn) -> int:

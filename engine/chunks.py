@@ -186,9 +186,14 @@ class ChunkStore:
                 if got != rec.raw_len:
                     raise IntegrityError(f"{label}: chunk {digest.hex()} decompresses short")
         except IntegrityError as e:
+            moved = None if rec.inline is not None else self.lookup(digest)
+            if moved is not None and moved.loc != rec.loc:
+                # gc moved the chunk (and deleted its old segment) since ``rec`` was read.
+                self.decode_into(digest, moved, out, label)
+                return
             if label in str(e):
                 raise
-            raise IntegrityError(f"{label}: {e}") from e
+            raise IntegrityError(f"{label}: chunk {digest.hex()}: {e}") from e
         except zstandard.ZstdError as e:
             raise IntegrityError(
                 f"{label}: chunk {digest.hex()} is damaged (cannot decompress: {e}); "

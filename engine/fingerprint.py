@@ -418,7 +418,8 @@ def _is_constant(value: Any, depth: int = 0) -> bool:
 
 
 def _unwrap(obj: Any) -> Any:
-    """The function behind staticmethod, bound method, functools.wraps and lru_cache."""
+    """The function behind staticmethod, bound method, functools.wraps, lru_cache
+    and callable objects made with functools.update_wrapper (such as a step)."""
     for _ in range(32):
         if isinstance(obj, staticmethod | classmethod | types.MethodType):
             obj = obj.__func__
@@ -427,6 +428,10 @@ def _unwrap(obj: Any) -> Any:
             if wrapped is None:
                 return obj
             obj = wrapped
+        elif not isinstance(obj, type | types.ModuleType) and isinstance(
+            getattr(obj, "__dict__", {}).get("__wrapped__"), types.FunctionType
+        ):
+            obj = obj.__dict__["__wrapped__"]  # e.g. a @step called as a plain function
         else:
             return obj
     return obj

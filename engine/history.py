@@ -17,7 +17,7 @@ from engine.catalog import Catalog
 from engine.errors import InvalidArgumentError
 from engine.kv import MemoryKV
 from engine.log import Event, EventLog, seq_key
-from engine.projections import apply
+from engine.projections import fold
 
 if TYPE_CHECKING:
     from engine.store import Store
@@ -77,8 +77,7 @@ class HistoricalView(Catalog):
                 if v is not None:
                     w.put("meta", key, v)
             # The chunk index is physical, not historical: reads resolve chunks live.
-            for e in store.log.read(txn, 1, seq + 1):
-                apply(w, e)
+            fold(w, store.log.read(txn, 1, seq + 1))
         finally:
             store.kv.end_read(txn)
         if seq:

@@ -39,6 +39,8 @@ DATABASES = (
     "cache",
     "consumers",
     "step_history",
+    "run_steps",
+    "step_components",
     "counters",
 )
 
@@ -130,35 +132,47 @@ def _bounds(
 
 
 class _MemDB:
-    __slots__ = ("data", "keys")
+    """A dict plus a sorted key list, rebuilt lazily on the first scan after a
+    change (a fold does many puts and no scans; queries do the opposite)."""
+
+    __slots__ = ("_keys", "data")
 
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
-        self.keys: list[bytes] = []
+        self._keys: list[bytes] | None = []
+
+    @property
+    def keys(self) -> list[bytes]:
+        if self._keys is None:
+            self._keys = sorted(self.data)
+        return self._keys
 
     def put(self, key: bytes, value: bytes) -> None:
         if key not in self.data:
-            keys = self.keys
-            if not keys or key > keys[-1]:
+            keys = self._keys
+            if keys is not None and (not keys or key > keys[-1]):
                 keys.append(key)
             else:
-                bisect.insort(keys, key)
+                self._keys = None
         self.data[key] = value
 
     def delete(self, key: bytes) -> bool:
         if key not in self.data:
             return False
         del self.data[key]
-        i = bisect.bisect_left(self.keys, key)
-        del self.keys[i]
+        self._keys = None
         return True
+
+    def clear(self) -> None:
+        self.data.clear()
+        self._keys = []
 
 
 class _MemTxn(Txn):
     def __init__(self, kv: MemoryKV, write: bool) -> None:
         self._kv = kv
         self._write = write
-        self._undo: list[tuple[str, bytes, bytes | None]] = []
+        self._undo: list[tuple[str, bytes, bytes | None]] | None = []
 
     def _db(self, db: str) -> _MemDB:
         try:
@@ -170,10 +184,11 @@ class _MemTxn(Txn):
         return self._db(db).data.get(key)
 
     def put(self, db: str, key: bytes, value: bytes) -> None:
-        assert self._write, "put in a read transaction"
-        d = self._db(db)
-        self._undo.append((db, key, d.data.get(key)))
-        d.put(key, bytes(value))
+        d = self._kv.dbs[db]
+        if self._undo is not None:
+            assert self._write, "put in a read transaction"
+            self._undo.append((db, key, d.data.get(key)))
+        d.put(key, value if type(value) is bytes else bytes(value))
 
     def delete(self, db: str, key: bytes) -> bool:
         assert self._write, "delete in a read transaction"
@@ -181,7 +196,8 @@ class _MemTxn(Txn):
         old = d.data.get(key)
         if old is None:
             return False
-        self._undo.append((db, key, old))
+        if self._undo is not None:
+            self._undo.append((db, key, old))
         return d.delete(key)
 
     def scan(
@@ -208,22 +224,22 @@ class _MemTxn(Txn):
 
     def drop(self, db: str) -> None:
         d = self._db(db)
-        for k, v in d.data.items():
-            self._undo.append((db, k, v))
-        d.data.clear()
-        d.keys.clear()
+        if self._undo is not None:
+            for k, v in d.data.items():
+                self._undo.append((db, k, v))
+        d.clear()
 
     def count(self, db: str) -> int:
         return len(self._db(db).data)
 
     def rollback(self) -> None:
-        for db, key, old in reversed(self._undo):
+        for db, key, old in reversed(self._undo or ()):
             d = self._kv.dbs[db]
             if old is None:
                 d.delete(key)
             else:
                 d.put(key, old)
-        self._undo.clear()
+        self._undo = []
 
 
 class MemoryKV(KV):
@@ -252,13 +268,8 @@ class MemoryKV(KV):
         """A write transaction applied immediately, with no rollback; for
         folding a log into a fresh, private MemoryKV."""
         txn = _MemTxn(self, write=True)
-        txn._undo = _NullList()
+        txn._undo = None
         return txn
-
-
-class _NullList(list[Any]):
-    def append(self, item: Any) -> None:
-        pass
 
 
 # --------------------------------------------------------------------------- lmdb

@@ -27,7 +27,7 @@ from engine.chunks import ChunkRecord
 from engine.errors import ArtledgerError
 from engine.kv import MemoryKV, Txn
 from engine.log import unpack
-from engine.projections import PROJECTION_DBS, apply
+from engine.projections import PROJECTION_DBS, fold
 
 if TYPE_CHECKING:
     from engine.store import Store
@@ -171,8 +171,7 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
         # Projections against a fresh fold.
         fresh = MemoryKV()
         w = fresh.unsafe_writer()
-        for event in store.log.read(txn):
-            apply(w, event)
+        fold(w, store.log.read(txn))
         ftxn = fresh.read()
         for db in PROJECTION_DBS:
             live_items = list(txn.scan(db))
@@ -222,6 +221,7 @@ def gc(store: Store, *, dry_run: bool = False, explain: bool = False) -> GcRepor
 
     def sweep(txn: Txn) -> list[tuple[str, dict[str, Any]]]:
         dead_locs.clear()
+        report.why_kept.clear()
         report.chunks_reclaimed = report.bytes_reclaimed = 0
         report.chunks_kept = report.bytes_kept = 0
         live = _live_refs(txn)
@@ -231,6 +231,8 @@ def gc(store: Store, *, dry_run: bool = False, explain: bool = False) -> GcRepor
             if digest in live:
                 report.chunks_kept += 1
                 report.bytes_kept += rec.stored_len
+                if explain:
+                    report.why_kept[digest.hex()] = sorted(set(live[digest]))
             else:
                 dead.append(digest)
                 report.chunks_reclaimed += 1

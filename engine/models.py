@@ -130,7 +130,9 @@ class StepRun:
 
     @property
     def components(self) -> dict[str, Any] | None:
-        return self._rec.get("components")
+        if "components" in self._rec:
+            return self._rec["components"]  # type: ignore[no-any-return]
+        return self._catalog.step_components(self.id)
 
     @property
     def outputs(self) -> dict[str, ArtifactVersion]:

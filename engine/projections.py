@@ -10,19 +10,21 @@ Databases (all keys bytes, values msgpack):
 - ``artifacts``: artifact id -> artifact record
 - ``names``: name NUL seq -> id (creation order per name)
 - ``versions``: name NUL packed(version) -> id
-- ``name_meta``: name -> {"next": next integer version}
+- ``name_meta``: name -> next integer version (8 bytes, big-endian)
 - ``tags``: tag NUL id -> b""
 - ``content``: content hash (16 bytes) id -> b""
-- ``counters``: name -> integer (artifacts, logical_bytes, runs ...)
+- ``counters``: name -> integer (deleted_artifacts, logical_bytes, runs ...);
+  live artifacts = entries of ``artifacts`` - deleted_artifacts
 - run and step databases: see ``engine.projections_runs``.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from engine.errors import IntegrityError
 from engine.kv import Txn
 from engine.log import Event, pack, unpack
 
@@ -40,6 +42,8 @@ PROJECTION_DBS = (
     "cache",
     "consumers",
     "step_history",
+    "run_steps",
+    "step_components",
 )
 
 Handler = Callable[[Txn, Event], None]
@@ -58,12 +62,50 @@ def handles(*event_types: str) -> Callable[[Handler], Handler]:
     return deco
 
 
-def apply(txn: Txn, event: Event) -> None:
-    """Fold one event into the projections (unknown types are kept in the log only)."""
+# What a handler raises when an event's data has the wrong shape or types.
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+
+def _malformed(event: Event, e: Exception) -> IntegrityError:
+    return IntegrityError(
+        f"event {event.seq} ({event.type}) has malformed data "
+        f"({type(e).__name__}: {e}); run `artledger verify`"
+    )
+
+
+def apply(txn: Txn, event: Event, *, track: bool = True) -> None:
+    """Fold one event into the projections (unknown types are kept in the log only).
+
+    With ``track`` the fold position is written too; :func:`fold` writes it
+    once at the end instead."""
     fn = HANDLERS.get(event.type)
     if fn is not None:
-        fn(txn, event)
-    txn.put("meta", b"proj_pos", _Q.pack(event.seq))
+        try:
+            fn(txn, event)
+        except _MALFORMED as e:
+            raise _malformed(event, e) from e
+    if track:
+        txn.put("meta", b"proj_pos", _Q.pack(event.seq))
+
+
+def fold(txn: Txn, events: Iterable[Event]) -> int:
+    """Fold many events in order; the number folded."""
+    handlers = HANDLERS
+    n = last = 0
+    event: Event | None = None
+    try:
+        for event in events:
+            fn = handlers.get(event.type)
+            if fn is not None:
+                fn(txn, event)
+            last = event.seq
+            n += 1
+    except _MALFORMED as e:
+        assert event is not None
+        raise _malformed(event, e) from e
+    if n:
+        txn.put("meta", b"proj_pos", _Q.pack(last))
+    return n
 
 
 def position(txn: Txn) -> int:
@@ -108,8 +150,8 @@ def tag_key(tag: str, artifact_id: str) -> bytes:
 
 
 def next_version(txn: Txn, name: str) -> int:
-    meta = get_record(txn, "name_meta", name)
-    return 1 if meta is None else int(meta["next"])
+    raw = txn.get("name_meta", name.encode())
+    return 1 if raw is None else int(_Q.unpack(raw)[0])
 
 
 # -- artifacts -----------------------------------------------------------------
@@ -132,11 +174,10 @@ def _artifact_written(txn: Txn, e: Event) -> None:
     nxt = next_version(txn, name)
     if isinstance(version, int) and version >= nxt:
         nxt = version + 1
-    put_record(txn, "name_meta", name, {"next": nxt})
+    txn.put("name_meta", name.encode(), _Q.pack(nxt))
     for tag in rec["tags"]:
         txn.put("tags", tag_key(tag, aid), b"")
     txn.put("content", bytes.fromhex(d["content_hash"]) + aid.encode(), b"")
-    bump(txn, "artifacts", 1)
     bump(txn, "logical_bytes", int(d.get("size", 0)))
 
 
@@ -179,7 +220,7 @@ def _artifact_deleted(txn: Txn, e: Event) -> None:
     for tag in rec["tags"]:
         txn.delete("tags", tag_key(tag, aid))
     txn.delete("content", bytes.fromhex(rec["content_hash"]) + aid.encode())
-    bump(txn, "artifacts", -1)
+    bump(txn, "deleted_artifacts", 1)
     bump(txn, "logical_bytes", -int(rec.get("size", 0)))
 
 

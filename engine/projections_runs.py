@@ -4,17 +4,24 @@ Event data (all ids are hex strings):
 
 - ``run.started``: id, pipeline, params, enable_cache, invocations (list of ids)
 - ``run.completed``: id;  ``run.failed``: id, error
-- ``step.started``: id, run, invocation, step, cache_key, components, cache_miss_reason
+- ``step.started``: id, run, invocation, step, cache_key, components (a
+  ``KeyComponents.to_record()``), cache_miss_reason (a short string),
+  cache_miss_reasons (the list it was joined from)
 - ``step.completed``: id, run, inputs {name: artifact id}, outputs {name: artifact id}
-- ``step.cached``: as step.started plus source (the reused step run), inputs, outputs
+- ``step.cached``: as step.started without components (they are the source's:
+  same key) plus source (the reused step run), inputs, outputs
 - ``step.failed``: id, run, error;  ``step.skipped``: id, run, invocation, step, reason
 - ``run.deleted``: id
 
-Databases: ``runs`` (run id -> record), ``run_index`` (pipeline NUL seq -> run
+Databases: ``runs`` (run id -> record), ``run_steps`` (run id NUL seq ->
+invocation NUL step run id), ``step_components`` (step run id -> cache-key
+components, kept apart so step records stay small), ``run_index`` (pipeline NUL seq -> run
 id, and b"\\x01" seq -> run id for all runs), ``steps`` (step run id ->
 record), ``cache`` (cache key NUL seq -> step run id, completed runs only),
 ``consumers`` (artifact id NUL step run id -> b""), ``step_history`` (step
-name NUL seq -> step run id, every step run that computed a key).
+name NUL seq -> step run id, and pipeline \\x1f invocation NUL seq -> step run
+id: every step run that recorded key components, found by step or by its
+place in a pipeline).
 """
 
 from __future__ import annotations
@@ -43,6 +50,11 @@ def history_key(step: str, seq: int) -> bytes:
     return step.encode() + b"\x00" + _Q.pack(seq)
 
 
+def slot_name(pipeline: str, invocation: str) -> str:
+    """The ``step_history`` name of an invocation's place in a pipeline."""
+    return f"{pipeline}\x1f{invocation}"
+
+
 def consumer_key(artifact_id: str, step_run_id: str) -> bytes:
     return artifact_id.encode() + b"\x00" + step_run_id.encode()
 
@@ -59,7 +71,6 @@ def _run_started(txn: Txn, e: Event) -> None:
         "seq": e.seq,
         "ts": e.ts,
         "ended_ts": None,
-        "steps": {},
         "error": None,
         "deleted": None,
     }
@@ -89,18 +100,34 @@ def _run_deleted(txn: Txn, e: Event) -> None:
     put_record(txn, "runs", rec["id"], rec)
     txn.delete("run_index", run_index_key(rec["pipeline"], rec["seq"]))
     txn.delete("run_index", run_index_key(None, rec["seq"]))
-    for sid in rec["steps"].values():
+    for sid in run_step_ids(txn, rec["id"]).values():
         step = get_record(txn, "steps", sid)
         if step is not None and step.get("cache_seq") is not None:
             txn.delete("cache", cache_index_key(step["cache_key"], step["cache_seq"]))
     bump(txn, "runs", -1)
 
 
-def _attach(txn: Txn, run_id: str, invocation: str, step_run_id: str) -> None:
+def run_steps_key(run_id: str, seq: int) -> bytes:
+    return run_id.encode() + b"\x00" + _Q.pack(seq)
+
+
+def run_step_ids(txn: Txn, run_id: str) -> dict[str, str]:
+    """A run's step runs, invocation id -> step run id, in execution order."""
+    out: dict[str, str] = {}
+    for _, v in txn.scan("run_steps", prefix=run_id.encode() + b"\x00"):
+        invocation, _, sid = v.decode().partition("\x00")
+        out[invocation] = sid
+    return out
+
+
+def _attach(txn: Txn, run_id: str, invocation: str, step_run_id: str, seq: int) -> str | None:
+    """Add the step run to its run (one key, so long runs fold in linear time);
+    the run's pipeline name."""
     run = get_record(txn, "runs", run_id)
-    if run is not None:
-        run["steps"][invocation] = step_run_id
-        put_record(txn, "runs", run_id, run)
+    if run is None:
+        return None
+    txn.put("run_steps", run_steps_key(run_id, seq), f"{invocation}\x00{step_run_id}".encode())
+    return str(run["pipeline"])
 
 
 @handles("step.started", "step.cached", "step.skipped")
@@ -114,8 +141,8 @@ def _step_begun(txn: Txn, e: Event) -> None:
         "step": d["step"],
         "status": status,
         "cache_key": d.get("cache_key"),
-        "components": d.get("components"),
         "cache_miss_reason": d.get("cache_miss_reason"),
+        "cache_miss_reasons": d.get("cache_miss_reasons"),
         "source": d.get("source"),
         "inputs": d.get("inputs", {}),
         "outputs": d.get("outputs", {}),
@@ -125,12 +152,18 @@ def _step_begun(txn: Txn, e: Event) -> None:
         "ended_ts": e.ts if status != "running" else None,
     }
     put_record(txn, "steps", d["id"], rec)
-    _attach(txn, d["run"], d["invocation"], d["id"])
+    components = d.get("components")
+    if components is not None:
+        put_record(txn, "step_components", d["id"], components)
+    pipeline = _attach(txn, d["run"], d["invocation"], d["id"], e.seq)
     if status == "cached":
         for aid in rec["inputs"].values():
             txn.put("consumers", consumer_key(aid, d["id"]), b"")
-    if rec["components"] is not None:
+    if components is not None:
         txn.put("step_history", history_key(d["step"], e.seq), d["id"].encode())
+        if pipeline is not None:
+            slot = slot_name(pipeline, d["invocation"])
+            txn.put("step_history", history_key(slot, e.seq), d["id"].encode())
 
 
 @handles("step.completed", "step.failed")

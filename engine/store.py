@@ -18,7 +18,7 @@ import secrets
 import struct
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +41,12 @@ from engine.errors import (
 from engine.kv import KV, LmdbKV, MemoryKV, Txn
 from engine.log import Event, EventLog
 from engine.models import ArtifactVersion, Run
-from engine.projections import PROJECTION_DBS, apply, next_version, version_key
+from engine.projections import PROJECTION_DBS, apply, fold, next_version, version_key
 
 if TYPE_CHECKING:
     from engine.history import HistoricalView
     from engine.maintenance import GcReport, VerifyReport
+    from engine.transfer import ExportReport, ImportReport
 
 FORMAT_VERSION = 1
 DEFAULT_DIR = ".artledger"
@@ -306,13 +307,14 @@ class Store(Catalog):
             deferred = list(self._deferred)
 
             def fn(txn: Txn) -> list[Event]:
-                records = deferred + build(txn)
-                for s in sessions:
-                    self._index(txn, s)
+                # Segment ends first: ``build`` may drop a segment (gc compaction).
                 for name, end in ends.items():
                     old = txn.get("segments", name.encode())
                     if old is None or _Q.unpack(old)[0] < end:
                         txn.put("segments", name.encode(), _Q.pack(end))
+                records = deferred + build(txn)
+                for s in sessions:
+                    self._index(txn, s)
                 events = self.log.append(txn, records)
                 for e in events:
                     apply(txn, e)
@@ -360,6 +362,8 @@ class Store(Catalog):
         _check_name(name)
         version = normalise_version(version)
         tags = _check_tags(tags)
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InvalidArgumentError("metadata must be a mapping of str to plain values")
         user_meta = plain(dict(metadata or {}), where="metadata")
         cls = materializer or registry.materializer_for(type(obj))
         ident = registry.identity(cls)
@@ -397,7 +401,9 @@ class Store(Catalog):
         meta.update({"size": size, "content_hash": chash, "materializer": ident})
         vis: list[list[Any]] = []
         vfiles = WriteFiles(session, self._secret)
-        kinds = _safe_call(cls(vfiles).save_visualizations, obj, f"{ident}.save_visualizations")
+        vm = cls(vfiles)
+        vm.metadata = extracted if isinstance(extracted, dict) else None
+        kinds = _safe_call(vm.save_visualizations, obj, f"{ident}.save_visualizations")
         vfiles.finish()
         for vname, kind in (kinds or {}).items():
             entry = vfiles.entries.get(vname)
@@ -558,12 +564,14 @@ class Store(Catalog):
                 txn.drop(db)
             txn.delete("meta", b"proj_pos")
             head = self.log.head(txn)
-            n = 0
-            for e in self.log.read(txn):
-                apply(txn, e)
-                n += 1
-                if progress is not None and n % 20000 == 0:
-                    progress(n, head)
+
+            def events() -> Iterator[Event]:
+                for e in self.log.read(txn):
+                    yield e
+                    if progress is not None and e.seq % 20000 == 0:
+                        progress(e.seq, head)
+
+            n = fold(txn, events())
             failpoints.hit("rebuild.before_commit")
             return n
 
@@ -586,6 +594,41 @@ class Store(Catalog):
 
         return gc(self, dry_run=dry_run, explain=explain)
 
+    def export(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        names: Iterable[str] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> ExportReport:
+        """Write a portable, checksummed stream of the log and its chunks to
+        ``path`` (with ``names``: those artifacts, their upstream lineage and
+        the runs that made them). Format: ``engine.transfer``."""
+        from engine.transfer import export_stream
+
+        return export_stream(
+            self, path, names=None if names is None else list(names), progress=progress
+        )
+
+    @classmethod
+    def import_(
+        cls,
+        path: str | os.PathLike[str],
+        into: Store | str | os.PathLike[str] | None = None,
+        trust_pickles: bool = False,
+        *,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> ImportReport:
+        """Validate the stream at ``path`` completely, then import it into
+        ``into`` (a store, or a path opened like :meth:`open`) all-or-nothing.
+        Imported pickles stay untrusted unless ``trust_pickles``."""
+        from engine.transfer import import_stream
+
+        if isinstance(into, Store):
+            return import_stream(into, path, trust_pickles=trust_pickles, progress=progress)
+        with cls.open(into) as store:
+            return import_stream(store, path, trust_pickles=trust_pickles, progress=progress)
+
     def as_of(self, when: Any) -> HistoricalView:
         """A read-only view of the store as it was after event ``when`` (a
         sequence number) or at a ``datetime``."""
@@ -593,6 +636,27 @@ class Store(Catalog):
 
         self.flush()
         return HistoricalView.build(self, when)
+
+    def run(self, pipeline: Any, /, **params: Any) -> Any:
+        """Run ``pipeline`` on this store; every event of the run is durable on return.
+
+        ``enable_cache=True|False`` is the run option (it overrides steps and the
+        pipeline); every other keyword is a pipeline parameter. Returns the
+        :class:`~engine.models.Run`; a failing step's exception propagates after
+        the run is recorded as failed."""
+        from engine.runner import run_pipeline
+
+        enable_cache = params.pop("enable_cache", None)
+        return run_pipeline(self, pipeline, params, enable_cache)
+
+    def explain(self, step_run: Any) -> list[str]:
+        """Why a step ran: what differs from the nearest earlier run of that step."""
+        from engine.models import StepRun
+        from engine.pipeline_explain import explain
+
+        if not isinstance(step_run, StepRun):
+            step_run = self.get_step_run(step_run)
+        return explain(step_run)
 
 
 def _check_name(name: Any) -> None:
@@ -651,13 +715,21 @@ def _fingerprint(secret: bytes) -> bytes:
 def _load_secret(root: Path, *, create: bool) -> tuple[bytes, str | None]:
     path = root / "secret"
     if create and not path.exists():
-        with contextlib.suppress(FileExistsError):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, secrets.token_bytes(32))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        # Written whole to a private file, then linked into place: a crash or a
+        # concurrent first open never sees an empty or partial secret.
+        tmp = root / f".secret-{secrets.token_hex(8)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_bytes(32))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink()
+        _fsync_dir(root)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -673,3 +745,12 @@ def _load_secret(root: Path, *, create: bool) -> tuple[bytes, str | None]:
             "restore the file from a backup"
         )
     return data, None
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -52,6 +52,9 @@ class BaseMaterializer:
 
     def __init__(self, files: ArtifactFiles) -> None:
         self.files = files
+        self.metadata: dict[str, Any] | None = None
+        """What :meth:`extract_metadata` returned for this artifact, set by the
+        engine before :meth:`save_visualizations` (so it need not recompute)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

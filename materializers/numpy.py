@@ -114,7 +114,8 @@ class NumpyMaterializer(BaseMaterializer):
                 f.write(_html_table(rows, array))
             return {"preview.csv": "csv", "preview.html": "html"}
         with self.open("summary.md", "w") as f:
-            f.write(_markdown_summary(array, self.extract_metadata(data)))
+            meta = self.metadata if self.metadata is not None else self.extract_metadata(data)
+            f.write(_markdown_summary(array, meta))
         return {"summary.md": "markdown"}
 
 

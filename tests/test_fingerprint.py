@@ -728,3 +728,23 @@ def test_explain_real_steps(load_module: LoadModule) -> None:
         "code of helper() changed",
         "module constant SCALE changed",
     ]
+
+
+def test_a_step_called_as_a_plain_function_is_followed(load_module: LoadModule) -> None:
+    source = """
+        from engine import step
+
+        @step
+        def inner(x: int) -> int:
+            return x + {delta}
+
+        @step
+        def train(x: int) -> int:
+            return inner(x) * 2
+        """
+    v1 = load_module(source.format(delta=1))
+    v2 = load_module(source.format(delta=2))
+    fp1, fp2 = code_fingerprint(v1.train), code_fingerprint(v2.train)
+    assert f"{v1.__name__}:inner" in fp1.recipe
+    assert fp1.digest != fp2.digest
+    assert code_fingerprint(load_module(source.format(delta=1)).train).digest == fp1.digest

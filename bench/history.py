@@ -1,0 +1,171 @@
+"""Scenario 6: history at scale — rebuild, as_of, lineage depth, cache lookups."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from bench import synth
+from bench.common import Context, Result, Row, Series, disk_bytes, latencies, median_time, pct
+
+TITLE = "History at scale"
+ABOUT = (
+    "A long synthetic log of pipeline-shaped events (step.started, artifact.written, "
+    "step.completed per step; runs of 1,000 steps; the first 10,000 steps one chain across "
+    "runs), appended in batches through the live fold. Then: `rebuild()` events/s against "
+    "the floor of scanning and unpacking the same log in the same run; `as_of` latency; "
+    "upstream lineage at depths 10 to 10,000; cache lookup p50/p99 (`engine.cache.lookup`)."
+)
+PARAMS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "events": 3_000,
+        "deep": 300,
+        "depths": [10, 100, 300],
+        "as_of": [1_000],
+        "budget_s": 20,
+        "lookups": 50,
+    },
+    "small": {
+        "events": 300_000,
+        "deep": 10_000,
+        "depths": [10, 100, 1000, 10_000],
+        "as_of": [10_000, 100_000],
+        "budget_s": 60,
+        "lookups": 2000,
+    },
+    "full": {
+        "events": 10_000_000,
+        "deep": 10_000,
+        "depths": [10, 100, 1000, 10_000],
+        "as_of": [100_000, 500_000],
+        "budget_s": 110,
+        "lookups": 10_000,
+    },
+}
+
+
+def _scan_floor(store: Any) -> tuple[int, float]:
+    """Events/s of reading and unpacking the whole log in one snapshot."""
+    t = time.perf_counter()
+    txn = store.kv.read()
+    try:
+        n = sum(1 for _ in store.log.read(txn))
+    finally:
+        store.kv.end_read(txn)
+    return n, time.perf_counter() - t
+
+
+def run(ctx: Context) -> Result:
+    from engine import Store
+
+    p = PARAMS[ctx.size]
+    res = Result("history", TITLE, ABOUT)
+    with ctx.tempdir("history") as tmp, Store.open(tmp / "s") as s:
+        ctx.log(f"history: generating up to {p['events']:,} events ({p['budget_s']} s budget)")
+        last_log = [time.perf_counter()]
+
+        def progress(n: int) -> None:
+            if time.perf_counter() - last_log[0] > 15:
+                last_log[0] = time.perf_counter()
+                ctx.log(f"history: {n:,} events")
+
+        gen = synth.generate(
+            s, p["events"], deep=p["deep"], budget_s=p["budget_s"], progress=progress
+        )
+        head = s.head
+        if gen.truncated_by_time:
+            res.notes.append(
+                f"Generated {head:,} events, not {p['events']:,}: generation "
+                f"({gen.events / gen.seconds:,.0f} events/s) hit its {p['budget_s']} s budget; "
+                f"at the rebuild rate measured below the full count would not fit the "
+                f"30-minute run."
+            )
+        res.add(
+            Row(
+                "synthetic append + live fold",
+                gen.events / gen.seconds,
+                "events/s",
+                lower_is_better=False,
+                note=f"{gen.events:,} events in {gen.seconds:.0f} s, batches of "
+                f"{synth.BATCH_STEPS * 3:,} per transaction; "
+                f"{disk_bytes(tmp / 's') / head:,.0f} B on disk per event",
+            )
+        )
+        ctx.log(f"history: scan floor over {head:,} events")
+        n, scan_s = _scan_floor(s)
+        ctx.log("history: rebuild")
+        t = time.perf_counter()
+        folded = s.rebuild()
+        rebuild_s = time.perf_counter() - t
+        res.add(
+            Row(
+                f"rebuild() over {folded:,} events",
+                folded / rebuild_s,
+                "events/s",
+                n / scan_s,
+                "scan+unpack floor",
+                lower_is_better=False,
+                goal=("ours>=", 200_000),
+                note=f"{rebuild_s:.1f} s; floor {scan_s:.1f} s",
+            )
+        )
+        for seq in p["as_of"]:
+            if seq > head:
+                continue
+            ctx.log(f"history: as_of({seq:,})")
+            t_as = median_time(lambda _, seq=seq: s.as_of(seq), 1)
+            res.add(
+                Row(
+                    f"as_of({seq:,})",
+                    t_as,
+                    "s",
+                    goal=("ours<=", 1.0) if seq <= 100_000 else None,
+                    note=f"{seq / t_as:,.0f} events/s folded",
+                )
+            )
+        ctx.log("history: lineage at depth")
+        lin_x: list[float] = []
+        lin_y: list[float | None] = []
+        for d in p["depths"]:
+            if d > len(gen.chain):
+                continue
+            art = s.get_artifact_by_id(gen.chain[d - 1])
+            t_l = median_time(lambda _, art=art: s.lineage(art), max(1, ctx.repeats))
+            g = s.lineage(art)
+            lin_x.append(d)
+            lin_y.append(t_l)
+            res.add(
+                Row(
+                    f"upstream lineage, depth {d:,}",
+                    t_l * 1e3,
+                    "ms",
+                    goal=("ours<=", 20.0) if d == 1000 else None,
+                    note=f"{len(g.nodes):,} nodes; {t_l / len(g.nodes) * 1e6:.1f} µs per node",
+                )
+            )
+        res.series.append(
+            Series(
+                "Upstream lineage vs depth",
+                "depth (steps)",
+                "seconds",
+                lin_x,
+                {"lineage": lin_y},
+                loglog=True,
+            )
+        )
+        try:
+            from engine.cache import lookup
+        except ImportError:
+            res.notes.append("engine.cache.lookup is not available: cache lookups skipped.")
+        else:
+            rng = random.Random(3)
+            keys = [rng.choice(gen.keys) for _ in range(p["lookups"])]
+            lat = latencies(lambda i: lookup(s, keys[i]), len(keys))
+            miss = latencies(lambda i: lookup(s, f"{i:031x}z"), len(keys))
+            for q in (50, 99):
+                res.add(
+                    Row(f"cache lookup hit p{q}", pct(lat, q) * 1e6, "µs", goal=("ours<=", 20.0))
+                )
+            res.add(Row("cache lookup miss p99", pct(miss, 99) * 1e6, "µs", goal=("ours<=", 20.0)))
+    return res

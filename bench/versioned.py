@@ -1,0 +1,119 @@
+"""Scenario 4: versioned datasets — bytes stored vs logical, against whole-file dedup."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from bench.common import Context, MiB, Result, Row, Series, median_time
+
+TITLE = "Versioned datasets"
+ABOUT = (
+    "A table (rows of 8 random float64 columns, incompressible so only dedup counts) saved as "
+    "V versions, each changing 1% of the rows, in three separate series: rows appended at the "
+    "end; a contiguous 1% block modified in place at a random position; 1% rows inserted in "
+    "the middle. Bytes stored by artledger (chunk dedup, 4 MiB fixed chunks) against the "
+    "logical total and against DVC-style whole-file dedup computed in the same run (the sum "
+    "of the sizes of the distinct file hashes of the .npy files)."
+)
+PARAMS: dict[str, dict[str, Any]] = {
+    "tiny": {"mib": 2, "versions": 4, "chunk": 64 << 10},
+    "small": {"mib": 32, "versions": 20, "chunk": 4 << 20},
+    "full": {"mib": 256, "versions": 50, "chunk": 4 << 20},
+}
+COLS = 8
+
+
+def _npy_hash(table: np.ndarray) -> str:
+    buf = io.BytesIO()
+    np.save(buf, table)
+    return xxhash.xxh3_128(buf.getbuffer()).hexdigest()
+
+
+def _next(table: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    k = max(1, len(table) // 100)
+    fresh = rng.random((k, COLS))
+    if kind == "append":
+        return np.concatenate([table, fresh])
+    if kind == "modify":
+        out = table.copy()
+        at = int(rng.integers(0, len(table) - k))
+        out[at : at + k] = fresh
+        return out
+    mid = len(table) // 2
+    return np.concatenate([table[:mid], fresh, table[mid:]])
+
+
+def run(ctx: Context) -> Result:
+    from engine import Store
+
+    p = PARAMS[ctx.size]
+    res = Result("versioned", TITLE, ABOUT)
+    rows = p["mib"] * MiB // (8 * COLS)
+    curves: dict[str, list[float | None]] = {}
+    xs = list(range(1, p["versions"] + 1))
+    for kind in ("append", "modify", "insert"):
+        ctx.log(f"versioned: {kind}, {p['versions']} versions of {p['mib']} MiB")
+        rng = np.random.default_rng(7)
+        table = rng.random((rows, COLS))
+        logical = 0
+        dvc: dict[str, int] = {}
+        stored_curve: list[float | None] = []
+        dvc_curve: list[float | None] = []
+        times = []
+        with ctx.tempdir("versioned") as tmp, Store.open(tmp / "s", chunk_size=p["chunk"]) as s:
+            for v in range(p["versions"]):
+                if v:
+                    table = _next(table, kind, rng)
+                times.append(median_time(lambda _, t=table: s.save_artifact(t, "table"), 1))
+                size = int(s.get_artifact("table").size)
+                logical += size
+                dvc.setdefault(_npy_hash(table), size)
+                stored_curve.append(s.stats()["stored_bytes"] / MiB)
+                dvc_curve.append(sum(dvc.values()) / MiB)
+            stored = s.stats()["stored_bytes"]
+            assert s.load_artifact("table").shape == table.shape
+        whole = sum(dvc.values())
+        last = int(table.nbytes)
+        res.add(
+            Row(
+                f"{kind}: bytes stored for {p['versions']} versions",
+                stored / MiB,
+                "MiB",
+                whole / MiB,
+                "whole-file dedup (DVC)",
+                note=f"logical {logical / MiB:,.0f} MiB; last version {last / MiB:,.0f} MiB; "
+                f"stored/logical {stored / logical:.1%}",
+            )
+        )
+        new_per = (stored - last) / max(1, p["versions"] - 1)
+        res.add(
+            Row(
+                f"{kind}: new bytes per version",
+                max(new_per, 0) / MiB,
+                "MiB",
+                last / MiB,
+                "whole-file dedup (DVC)",
+                note=f"median save {sorted(times)[len(times) // 2] * 1e3:.0f} ms",
+            )
+        )
+        curves[f"ours {kind}"] = stored_curve
+        curves[f"DVC {kind}"] = dvc_curve
+    res.series.append(
+        Series("Bytes stored as versions accumulate", "versions", "MiB stored", xs, curves)
+    )
+    res.notes.append(
+        "Fixed-size chunking keeps dedup for appends and in-place edits (only the chunks "
+        "touched are new), but an insert in the middle shifts every byte after it: every chunk "
+        "from the insertion point on is new, so each insert version costs about half the table. "
+        "Content-defined chunking (rolling-hash boundaries) would keep that dedup; it is not "
+        "implemented."
+    )
+    res.notes.append(
+        "An in-place edit scattered over random rows (rather than one block) touches every "
+        "chunk and dedups like an insert; the block edit here is the partition-update case."
+    )
+    return res
