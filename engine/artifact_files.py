@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import shutil
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, Any
 
 from engine.chunks import ChunkStore, FileEntry, WriteSession
@@ -26,12 +26,12 @@ def check_name(name: str) -> str:
     """A safe relative POSIX file name, or ``MaterializerError``."""
     if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
         raise MaterializerError(f"invalid artifact file name {name!r}: use a relative POSIX path")
-    p = PurePosixPath(name)
-    if p.is_absolute() or any(part in ("..", "") for part in name.split("/")) or name == ".":
+    if name.startswith("/") or any(part in ("..", ".", "") for part in name.split("/")):
         raise MaterializerError(
-            f"invalid artifact file name {name!r}: names must be relative and free of '..'"
+            f"invalid artifact file name {name!r}: names must be relative, "
+            "without '.', '..' or empty parts"
         )
-    return str(p)
+    return name
 
 
 class _Signer:

@@ -22,6 +22,7 @@ import secrets
 import struct
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,9 @@ class BlobStore(ABC):
     def readinto(self, loc: Location, buf: memoryview) -> None:
         """Copy the payload at ``loc`` into ``buf`` (exactly its length)."""
         buf[:] = self.get(loc)
+
+    def release(self, names: Iterable[str]) -> None:  # noqa: B027 - optional hook
+        """The ledger now records the ends :meth:`flush` returned for ``names``."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files."""
@@ -117,7 +121,10 @@ class PackBlobStore(BlobStore):
         self._lock = threading.Lock()
         self._readers: dict[str, int] = {}
         self._readers_lock = threading.Lock()
-        self._retired_ends: dict[str, int] = {}
+        # Segments closed for writing (rollover, rotate) whose end the ledger does
+        # not record yet: their files stay open and locked until it does, so no
+        # other process's recovery truncates them.
+        self._retired: dict[str, _Segment] = {}
         self._new_files = False  # a segment file was created since the last flush
 
     # -- writing ---------------------------------------------------------------
@@ -179,13 +186,23 @@ class PackBlobStore(BlobStore):
             seg.dirty = False
 
     def _retire(self, seg: _Segment) -> None:
-        with contextlib.suppress(OSError):
-            os.close(seg.fd)
-        self._retired_ends[seg.name] = seg.end
+        if seg.unreported:
+            self._retired[seg.name] = seg
+        else:
+            with contextlib.suppress(OSError):
+                os.close(seg.fd)
+
+    def release(self, names: Iterable[str]) -> None:
+        with self._lock:
+            for name in names:
+                seg = self._retired.pop(name, None)
+                if seg is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(seg.fd)
 
     def flush(self) -> dict[str, int]:
         with self._lock:
-            ends, self._retired_ends = self._retired_ends, {}
+            ends = {name: seg.end for name, seg in self._retired.items()}
             seg = self._active
             if seg is not None and (seg.dirty or seg.unreported):
                 self._sync(seg)
@@ -303,10 +320,14 @@ class PackBlobStore(BlobStore):
 
     def close(self) -> None:
         with self._lock:
+            segments = list(self._retired.values())
             if self._active is not None:
+                segments.append(self._active)
+            for seg in segments:
                 with contextlib.suppress(OSError):
-                    os.close(self._active.fd)
-                self._active = None
+                    os.close(seg.fd)
+            self._active = None
+            self._retired.clear()
         with self._readers_lock:
             for fd in self._readers.values():
                 with contextlib.suppress(OSError):

@@ -21,18 +21,15 @@ from engine.errors import StoreError
 
 T = TypeVar("T")
 
-DATABASES = (
-    "meta",
-    "events",
-    "chunks",
-    "segments",
-    # projections
+# Databases of the projections (dropped and refolded by ``Store.rebuild``).
+PROJECTION_DBS = (
     "artifacts",
     "names",
     "versions",
     "name_meta",
     "tags",
     "content",
+    "counters",
     "runs",
     "run_index",
     "steps",
@@ -41,8 +38,9 @@ DATABASES = (
     "step_history",
     "run_steps",
     "step_components",
-    "counters",
 )
+# Everything else: store metadata, the event log, the chunk index, pack segment ends.
+DATABASES = ("meta", "events", "chunks", "segments", *PROJECTION_DBS)
 
 
 class Txn(ABC):

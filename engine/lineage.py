@@ -85,13 +85,16 @@ def build_lineage(
     """Breadth-first walk in one read snapshot; ``depth`` counts step hops."""
     g = LineageGraph(art.id, direction)
     g._seen_edges = set()
+    seen: dict[str, dict[str, Any] | None] = {}
     with catalog._read() as txn:
 
         def artifact(aid: str) -> dict[str, Any] | None:
+            if aid in seen:
+                return seen[aid]
             raw = txn.get("artifacts", aid.encode())
-            if raw is None:
+            rec = seen[aid] = None if raw is None else unpack(raw)
+            if rec is None:
                 return None
-            rec = unpack(raw)
             g.nodes.setdefault(
                 aid,
                 {

@@ -106,9 +106,11 @@ def decode(seq: int, raw: bytes) -> Event:
         etype, version, ts, data = env["type"], env["v"], env["ts"], env["data"]
     except Exception as e:
         raise IntegrityError(f"event {seq} cannot be decoded ({e}); run `artledger verify`") from e
-    if not isinstance(etype, str) or not isinstance(data, dict):
+    if type(etype) is not str or type(data) is not dict or type(ts) is not int:
         raise IntegrityError(f"event {seq} has a malformed envelope; run `artledger verify`")
-    return Event(seq, etype, upcast(etype, int(version), data), int(ts))
+    if version != SCHEMA_VERSIONS.get(etype, 1):
+        data = upcast(etype, int(version), data)
+    return Event(seq, etype, data, ts)
 
 
 class EventLog:
@@ -169,8 +171,9 @@ class EventLog:
         """Events with ``start <= seq < stop`` (``stop`` exclusive, like ``range``)."""
         lo = seq_key(max(start, 1))
         hi = None if stop is None else seq_key(max(stop, 1))
+        unpack_seq = _SEQ.unpack
         for k, raw in txn.scan("events", lo, hi):
-            yield decode(key_seq(k), raw)
+            yield decode(unpack_seq(k)[0], raw)
 
     def read_raw(
         self, txn: Txn, start: int = 1, stop: int | None = None

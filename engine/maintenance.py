@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from engine import failpoints
 from engine.blobs import MAGIC, MemoryBlobStore, PackBlobStore
 from engine.chunks import ChunkRecord
-from engine.errors import ArtledgerError
+from engine.errors import ArtledgerError, IntegrityError
 from engine.kv import MemoryKV, Txn
 from engine.log import unpack
 from engine.projections import PROJECTION_DBS, fold
@@ -196,23 +196,34 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
     return report
 
 
+def _classify(txn: Txn, report: GcReport, explain: bool) -> list[tuple[bytes, ChunkRecord]]:
+    """Count kept and reclaimable chunks into ``report``; the dead ones."""
+    report.why_kept.clear()
+    report.chunks_reclaimed = report.bytes_reclaimed = 0
+    report.chunks_kept = report.bytes_kept = 0
+    live = _live_refs(txn)
+    dead: list[tuple[bytes, ChunkRecord]] = []
+    for digest, raw in txn.scan("chunks"):
+        rec = ChunkRecord.unpack(raw)
+        if digest in live:
+            report.chunks_kept += 1
+            report.bytes_kept += rec.stored_len
+            if explain:
+                report.why_kept[digest.hex()] = sorted(set(live[digest]))
+        else:
+            dead.append((digest, rec))
+            report.chunks_reclaimed += 1
+            report.bytes_reclaimed += rec.stored_len
+    return dead
+
+
 def gc(store: Store, *, dry_run: bool = False, explain: bool = False) -> GcReport:
     report = GcReport(dry_run=dry_run)
     store.flush()
     if dry_run:
         txn = store.kv.read()
         try:
-            live = _live_refs(txn)
-            for digest, raw in txn.scan("chunks"):
-                rec = ChunkRecord.unpack(raw)
-                if digest in live:
-                    report.chunks_kept += 1
-                    report.bytes_kept += rec.stored_len
-                    if explain:
-                        report.why_kept[digest.hex()] = sorted(set(live[digest]))
-                else:
-                    report.chunks_reclaimed += 1
-                    report.bytes_reclaimed += rec.stored_len
+            _classify(txn, report, explain)
         finally:
             store.kv.end_read(txn)
         return report
@@ -220,27 +231,10 @@ def gc(store: Store, *, dry_run: bool = False, explain: bool = False) -> GcRepor
     dead_locs: list[list[Any]] = []
 
     def sweep(txn: Txn) -> list[tuple[str, dict[str, Any]]]:
-        dead_locs.clear()
-        report.why_kept.clear()
-        report.chunks_reclaimed = report.bytes_reclaimed = 0
-        report.chunks_kept = report.bytes_kept = 0
-        live = _live_refs(txn)
-        dead: list[bytes] = []
-        for digest, raw in txn.scan("chunks"):
-            rec = ChunkRecord.unpack(raw)
-            if digest in live:
-                report.chunks_kept += 1
-                report.bytes_kept += rec.stored_len
-                if explain:
-                    report.why_kept[digest.hex()] = sorted(set(live[digest]))
-            else:
-                dead.append(digest)
-                report.chunks_reclaimed += 1
-                report.bytes_reclaimed += rec.stored_len
-                if rec.loc is not None:
-                    dead_locs.append(rec.loc)
-        for d in dead:
-            txn.delete("chunks", d)
+        dead = _classify(txn, report, explain)
+        dead_locs[:] = [rec.loc for _, rec in dead if rec.loc is not None]
+        for digest, _ in dead:
+            txn.delete("chunks", digest)
         stored = txn.get("meta", b"stored_bytes")
         total = (0 if stored is None else int.from_bytes(stored, "big")) - report.bytes_reclaimed
         txn.put("meta", b"stored_bytes", max(total, 0).to_bytes(8, "big"))
@@ -286,9 +280,16 @@ def _compact(store: Store, blobs: PackBlobStore, report: GcReport) -> None:
     if not victims:
         return
     moved: dict[bytes, list[Any]] = {}
+    failpoints.hit("gc.before_compact_copy")
     for name in victims:
         for digest, rec in members.get(name, []):
-            payload = blobs.get(rec.loc)  # type: ignore[arg-type]
+            try:
+                payload = blobs.get(rec.loc)  # type: ignore[arg-type]
+            except IntegrityError:
+                now = store.chunks.lookup(digest)
+                if now is not None and now.loc == rec.loc:
+                    raise
+                continue  # a concurrent gc moved or dropped it since the scan
             moved[digest] = blobs.put(digest, rec.codec, rec.raw_len, payload)
 
     def relink(txn: Txn) -> list[tuple[str, dict[str, Any]]]:

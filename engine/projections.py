@@ -25,26 +25,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from engine.errors import IntegrityError
-from engine.kv import Txn
+from engine.kv import PROJECTION_DBS, Txn
 from engine.log import Event, pack, unpack
 
-PROJECTION_DBS = (
-    "artifacts",
-    "names",
-    "versions",
-    "name_meta",
-    "tags",
-    "content",
-    "counters",
-    "runs",
-    "run_index",
-    "steps",
-    "cache",
-    "consumers",
-    "step_history",
-    "run_steps",
-    "step_components",
-)
+__all__ = ["HANDLERS", "PROJECTION_DBS", "apply", "fold", "handles"]
 
 Handler = Callable[[Txn, Event], None]
 HANDLERS: dict[str, Handler] = {}

@@ -4,7 +4,7 @@ Event data (all ids are hex strings):
 
 - ``run.started``: id, pipeline, params, enable_cache, invocations (list of ids)
 - ``run.completed``: id;  ``run.failed``: id, error
-- ``step.started``: id, run, invocation, step, cache_key, components (a
+- ``step.started``: id, run, pipeline, invocation, step, cache_key, components (a
   ``KeyComponents.to_record()``), cache_miss_reason (a short string),
   cache_miss_reasons (the list it was joined from)
 - ``step.completed``: id, run, inputs {name: artifact id}, outputs {name: artifact id}
@@ -120,14 +120,18 @@ def run_step_ids(txn: Txn, run_id: str) -> dict[str, str]:
     return out
 
 
-def _attach(txn: Txn, run_id: str, invocation: str, step_run_id: str, seq: int) -> str | None:
+def _attach(
+    txn: Txn, run_id: str, invocation: str, step_run_id: str, seq: int, pipeline: str | None
+) -> str | None:
     """Add the step run to its run (one key, so long runs fold in linear time);
-    the run's pipeline name."""
-    run = get_record(txn, "runs", run_id)
-    if run is None:
-        return None
+    the run's pipeline name (carried by the event, else read from the run)."""
+    if pipeline is None:
+        run = get_record(txn, "runs", run_id)
+        if run is None:
+            return None
+        pipeline = str(run["pipeline"])
     txn.put("run_steps", run_steps_key(run_id, seq), f"{invocation}\x00{step_run_id}".encode())
-    return str(run["pipeline"])
+    return pipeline
 
 
 @handles("step.started", "step.cached", "step.skipped")
@@ -155,7 +159,7 @@ def _step_begun(txn: Txn, e: Event) -> None:
     components = d.get("components")
     if components is not None:
         put_record(txn, "step_components", d["id"], components)
-    pipeline = _attach(txn, d["run"], d["invocation"], d["id"], e.seq)
+    pipeline = _attach(txn, d["run"], d["invocation"], d["id"], e.seq, d.get("pipeline"))
     if status == "cached":
         for aid in rec["inputs"].values():
             txn.put("consumers", consumer_key(aid, d["id"]), b"")

@@ -198,6 +198,7 @@ class _Runner:
                     {
                         "id": secrets.token_hex(8),
                         "run": self.run_id,
+                        "pipeline": self.pipeline,
                         "invocation": later.inv.id,
                         "step": later.inv.step.name,
                         "reason": why,
@@ -220,6 +221,7 @@ class _Runner:
         common: dict[str, Any] = {
             "id": sid,
             "run": self.run_id,
+            "pipeline": self.pipeline,
             "invocation": inv.id,
             "step": st.name,
             "cache_key": key,

@@ -153,7 +153,13 @@ class Store(Catalog):
         except OSError as e:
             raise StoreError(f"cannot create the store directory {root}: {e}") from e
         ledger = root / "ledger"
-        if ledger.exists() and not (ledger / "data.mdb").exists() and any(ledger.iterdir()):
+        # lock.mdb alone: another process is creating the ledger right now (or was
+        # killed doing so); LMDB creates it before data.mdb.
+        if (
+            ledger.exists()
+            and not (ledger / "data.mdb").exists()
+            and any(p.name != "lock.mdb" for p in ledger.iterdir())
+        ):
             raise StoreError(f"{ledger} exists but holds no ledger (data.mdb); is {root} a store?")
         fresh = not (ledger / "data.mdb").exists()
         secret, problem = _load_secret(root, create=fresh)
@@ -308,10 +314,7 @@ class Store(Catalog):
 
             def fn(txn: Txn) -> list[Event]:
                 # Segment ends first: ``build`` may drop a segment (gc compaction).
-                for name, end in ends.items():
-                    old = txn.get("segments", name.encode())
-                    if old is None or _Q.unpack(old)[0] < end:
-                        txn.put("segments", name.encode(), _Q.pack(end))
+                record_segment_ends(txn, ends)
                 records = deferred + build(txn)
                 for s in sessions:
                     self._index(txn, s)
@@ -323,6 +326,7 @@ class Store(Catalog):
 
             events = self.kv.write(fn)
             del self._deferred[: len(deferred)]
+        self.blobs.release(ends)
         failpoints.hit("commit.after")
         return events
 
@@ -657,6 +661,14 @@ class Store(Catalog):
         if not isinstance(step_run, StepRun):
             step_run = self.get_step_run(step_run)
         return explain(step_run)
+
+
+def record_segment_ends(txn: Txn, ends: Mapping[str, int]) -> None:
+    """Record pack segment ends returned by ``BlobStore.flush`` (never lowering one)."""
+    for name, end in ends.items():
+        old = txn.get("segments", name.encode())
+        if old is None or _Q.unpack(old)[0] < end:
+            txn.put("segments", name.encode(), _Q.pack(end))
 
 
 def _check_name(name: Any) -> None:

@@ -57,7 +57,6 @@ import contextlib
 import hashlib
 import io
 import os
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -399,7 +398,7 @@ def import_stream(
     ``preserve_trust`` keeps the events' own trust marks and signatures (for a
     copy that shares the source's secret, ``replay --into``); ``allow_absent``
     accepts live artifact versions whose chunks the source no longer held."""
-    from engine.store import _ChunkGoneError
+    from engine.store import _ChunkGoneError, record_segment_ends
 
     t0 = time.perf_counter()
     src = Path(path)
@@ -496,10 +495,7 @@ def import_stream(
                 {"type": e.type, "v": SCHEMA_VERSIONS.get(e.type, 1), "ts": floor, "data": data}
             )
         store._index(txn, session)
-        for name, end in ends.items():
-            old = txn.get("segments", name.encode())
-            if old is None or struct.unpack(">Q", old)[0] < end:
-                txn.put("segments", name.encode(), struct.pack(">Q", end))
+        record_segment_ends(txn, ends)
         out = store.log.append_raw(txn, envs)
         for ev in out:
             apply(txn, ev)
@@ -514,6 +510,7 @@ def import_stream(
             f"chunk {e.args[0].hex()} was collected by a concurrent gc during the import; "
             "nothing was imported, retry"
         ) from None
+    store.blobs.release(ends)
     failpoints.hit("import.after_commit")
     report.events = len(out)
     report.artifacts = len(plan.artifacts)

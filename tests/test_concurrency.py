@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine import Store, pipeline, step
+from engine import Store, failpoints, pipeline, step
 from engine.chunks import FileEntry
 
 WRITERS = 8
@@ -153,3 +153,97 @@ def test_reader_keeps_reading_while_gc_moves_its_chunks(tmp_path: Path) -> None:
         data = reader.read()
         assert np.array_equal(np.load(io.BytesIO(data)), keep)
         np.testing.assert_array_equal(s.load_artifact("keep"), keep)
+
+
+def test_two_gcs_compacting_the_same_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's gc moves the chunks and deletes the segment this gc
+    chose to compact, between this gc's scan and its copy: no false
+    IntegrityError, nothing lost."""
+    path = tmp_path / "s"
+    keep = np.random.default_rng(1).random(20_000)
+    with Store.open(path, chunk_size=64 << 10) as s0:
+        s0.save_artifact(keep, "keep")
+        s0.delete_artifact(s0.save_artifact(np.random.default_rng(2).random(200_000), "big"))
+    first, second = Store.open(path, chunk_size=64 << 10), Store.open(path, chunk_size=64 << 10)
+    real_hit = failpoints.hit
+    raced: list[str] = []
+
+    def hit(name: str) -> None:
+        if name == "gc.before_compact_copy" and not raced:
+            raced.append(name)
+            first.gc()  # runs to completion inside second's gc
+        real_hit(name)
+
+    monkeypatch.setattr(failpoints, "hit", hit)
+    try:
+        second.gc()
+        assert raced
+        for s in (first, second):
+            np.testing.assert_array_equal(s.load_artifact("keep"), keep)
+            assert s.verify().ok
+    finally:
+        first.close()
+        second.close()
+
+
+def _open_fresh(path: str, out: Any) -> None:
+    with Store.open(path) as s:
+        s.save_artifact(1, "x")
+        out.put(s.store_id)
+
+
+def test_first_opens_racing(tmp_path: Path) -> None:
+    """Several processes create the same store at once: one store, one secret."""
+    path = str(tmp_path / "s")
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_open_fresh, args=(path, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert len({out.get(timeout=10) for _ in procs}) == 1
+    with Store.open(path) as s:
+        assert [a.version for a in s.list_artifacts("x")] == [1, 2, 3, 4]
+        assert s.verify().ok
+
+
+def test_ledger_directory_with_only_a_lock_file_opens(tmp_path: Path) -> None:
+    """A process killed between LMDB creating lock.mdb and data.mdb."""
+    (tmp_path / "s" / "ledger").mkdir(parents=True)
+    (tmp_path / "s" / "ledger" / "lock.mdb").write_bytes(b"")
+    with Store.open(tmp_path / "s") as s:
+        s.save_artifact(1, "x")
+        assert s.verify().ok
+
+
+def test_open_during_segment_rollover_keeps_the_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save large enough to roll over to a new pack segment; another store
+    opens (and recovers packs) while the save is still writing chunks."""
+    import engine.blobs
+
+    monkeypatch.setattr(engine.blobs, "SEGMENT_LIMIT", 256 << 10)
+    path = tmp_path / "s"
+    arr = np.random.default_rng(1).random(100_000)  # 800 KB: rolls over three times
+    real_hit = failpoints.hit
+    writes = [0]
+
+    def hit(name: str) -> None:
+        if name == "blob.after_write":
+            writes[0] += 1
+            if writes[0] == 8:  # the first segment was retired a few chunks ago
+                Store.open(path, chunk_size=64 << 10).close()
+        real_hit(name)
+
+    with Store.open(path, chunk_size=64 << 10) as s:
+        monkeypatch.setattr(failpoints, "hit", hit)
+        s.save_artifact(arr, "big")
+        monkeypatch.setattr(failpoints, "hit", real_hit)
+        report = s.verify()
+        assert report.ok, report.problems[:2]
+        np.testing.assert_array_equal(s.load_artifact("big"), arr)

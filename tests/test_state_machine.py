@@ -1,12 +1,12 @@
 """A Hypothesis state machine: the store against a plain-dict model.
 
 Rules save (builtins and small numpy arrays, with or without an explicit
-version, with tags), run a pipeline, tag, untag, delete, gc, reopen (LMDB), rebuild, compare
-``as_of(head)`` and round-trip through export/import; after every step the store must agree with the
-model: latest versions, ``list_artifacts`` order and content (also by name
-and by tag), tags, loaded values, ``stats()`` counts. ``verify`` runs at a
-few points. The fast configuration runs by default on both backends; a long
-one is marked slow.
+version, with tags), run a pipeline, tag, untag, delete, gc, reopen (LMDB),
+rebuild, compare ``as_of(head)`` and round-trip through export/import; after
+every step the store must agree with the model: latest versions,
+``list_artifacts`` order and content (also by name and by tag), tags, loaded
+values, runs, ``stats()`` counts. ``verify`` runs at random points. The fast
+configuration runs by default on both backends; a long one is marked slow.
 """
 
 from __future__ import annotations
