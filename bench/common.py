@@ -135,10 +135,15 @@ def timed(fn: Callable[[], Any]) -> float:
 def median_time(
     fn: Callable[[Any], Any], repeats: int, setup: Callable[[], Any] | None = None
 ) -> float:
-    """Median wall time of ``fn(setup())`` over ``repeats`` (setup untimed)."""
+    """Median wall time of ``fn(setup())`` over ``repeats`` (setup untimed).
+
+    Dirty pages are flushed (``os.sync``, untimed) before each repetition, so
+    the writeback of an earlier repetition, ours or a baseline's, does not
+    throttle the one being timed."""
     times = []
     for _ in range(max(1, repeats)):
         arg = setup() if setup is not None else None
+        os.sync()
         t = time.perf_counter()
         fn(arg)
         times.append(time.perf_counter() - t)

@@ -9,6 +9,7 @@ load it is filled with every file, byte-exact, and removed afterwards.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
 import shutil
@@ -153,10 +154,13 @@ class ReadFiles(_Signer):
         *,
         prefix: str = "",
         trusted: bool = True,
+        sorted_names: list[str] | None = None,
     ) -> None:
         super().__init__(secret)
         self._store = store
         self.entries = entries
+        # Stored files never change: one sorted list serves every sub-view's names().
+        self._sorted = sorted(entries) if sorted_names is None else sorted_names
         self.state = state
         self.label = label
         self._prefix = prefix
@@ -181,8 +185,13 @@ class ReadFiles(_Signer):
         raise MaterializerError(f"{self.label} is stored and read-only; save a new version instead")
 
     def names(self) -> list[str]:
-        n = len(self._prefix)
-        return sorted(k[n:] for k in self.entries if k.startswith(self._prefix))
+        prefix, names = self._prefix, self._sorted
+        if not prefix:
+            return list(names)
+        lo = bisect.bisect_left(names, prefix)
+        hi = bisect.bisect_left(names, prefix[:-1] + chr(ord(prefix[-1]) + 1))
+        n = len(prefix)
+        return [k[n:] for k in names[lo:hi]]
 
     def size(self, name: str) -> int:
         return self.entries[self._full(name)].size
@@ -196,6 +205,7 @@ class ReadFiles(_Signer):
             self.label,
             prefix=self._full(prefix) + "/",
             trusted=self._trusted,
+            sorted_names=self._sorted,
         )
         self._children.append(child)
         return child

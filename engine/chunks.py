@@ -404,32 +404,49 @@ class ChunkReader(io.RawIOBase):
         return bisect.bisect_right(self._starts, pos) - 1
 
     def readinto(self, b: Any) -> int:
+        """Fill ``b`` from the current position. Whole chunks are decoded straight
+        into ``b`` (no copy), in parallel when there are several."""
         out = memoryview(b).cast("B")
         want = len(out)
         done = 0
         size = self.entry.size
+        direct: list[tuple[int, memoryview]] = []
         while done < want and self._pos < size:
             i = self._chunk_at(self._pos)
             rec = self._recs[i]
             inner = self._pos - self._starts[i]
             room = want - done
             if inner == 0 and room >= rec.raw_len and self._cache_i != i:
-                self._store.decode_into(
-                    self.entry.chunks[i], rec, out[done : done + rec.raw_len], self.label
-                )
+                direct.append((i, out[done : done + rec.raw_len]))
                 n = rec.raw_len
             else:
                 if self._cache_i != i:
-                    self._cache = bytearray(rec.raw_len)
+                    if len(self._cache) != rec.raw_len:
+                        self._cache = bytearray(rec.raw_len)
+                    self._cache_i = -1
                     self._store.decode_into(
                         self.entry.chunks[i], rec, memoryview(self._cache), self.label
                     )
                     self._cache_i = i
                 n = min(room, rec.raw_len - inner)
-                out[done : done + n] = self._cache[inner : inner + n]
+                out[done : done + n] = memoryview(self._cache)[inner : inner + n]
             done += n
             self._pos += n
+        self._decode_all(direct)
         return done
+
+    def _decode_all(self, jobs: list[tuple[int, memoryview]]) -> None:
+        def one(job: tuple[int, memoryview]) -> None:
+            i, target = job
+            self._store.decode_into(self.entry.chunks[i], self._recs[i], target, self.label)
+
+        if len(jobs) < 2 or self._store.workers < 2:
+            for job in jobs:
+                one(job)
+        else:
+            # Reads and hashing release the GIL: decode several chunks at once.
+            for _ in self._store.pool.map(one, jobs):
+                pass
 
     def readall(self) -> bytes:
         remaining = max(0, self.entry.size - self._pos)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from engine.cache_key import KeyComponents, explain_difference
 from engine.errors import InvalidArgumentError
-from engine.fingerprint import KeyComponents, explain_difference
 from engine.kv import Txn
 from engine.log import unpack
 from engine.projections_runs import history_key, slot_name

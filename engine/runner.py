@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from engine.cache import lookup_in
+from engine.cache_key import KeyComponents
 from engine.errors import (
     InvalidArgumentError,
     MaterializerError,
@@ -38,7 +39,6 @@ from engine.errors import (
     StoreError,
     UnhashableParameterError,
 )
-from engine.fingerprint import KeyComponents
 from engine.models import ArtifactVersion
 from engine.pipeline import Dag, Invocation, OutputHandle, Pipeline
 from engine.pipeline_explain import CACHE_DISABLED, miss_reasons

@@ -204,10 +204,14 @@ def _byte_blocks(array: npt.NDArray[Any], limit: int) -> Iterator[memoryview]:
 
 
 def _read_into(f: IO[bytes], target: memoryview, limit: int, name: str) -> None:
+    """Fill ``target`` from ``f``: through ``readinto`` straight into the array's
+    buffer (one call for the rest of it: the engine's reader decodes whole
+    chunks in place and in parallel), else by bounded ``read`` slices."""
     position, total = 0, len(target)
     readinto = getattr(f, "readinto", None)
     while position < total:
-        window = target[position : min(total, position + limit)]
+        end = total if readinto is not None else min(total, position + limit)
+        window = target[position:end]
         if readinto is not None:
             got = readinto(window)
         else:  # a reader without readinto: copy one bounded slice at a time

@@ -26,15 +26,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.cache_key import CACHE_FORMAT_VERSION, KeyComponents, explain_difference
 from engine.errors import InvalidArgumentError, UnhashableParameterError
-from engine.fingerprint import (
-    CACHE_FORMAT_VERSION,
-    KeyComponents,
-    canonical,
-    code_fingerprint,
-    digest,
-    explain_difference,
-)
+from engine.fingerprint import canonical, code_fingerprint, digest
 
 LoadModule = Callable[..., types.ModuleType]
 
