@@ -10,6 +10,7 @@ artledger wins whichever the unit.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -130,6 +131,18 @@ def timed(fn: Callable[[], Any]) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+_paths = itertools.count()
+
+
+def new_path(directory: Path, name: str) -> Path:
+    """A file name no earlier repetition used. Baselines write new files, as
+    save_artifact writes new pack segments: on this machine's thin-provisioned
+    disk, writing never-used blocks costs several times more than rewriting
+    just-freed ones, so reusing one name would flatter the baseline."""
+    stem, dot, suffix = name.partition(".")
+    return directory / f"{stem}-{next(_paths)}{dot}{suffix}"
 
 
 def median_time(
