@@ -16,6 +16,7 @@ SCENARIOS: dict[str, str] = {
     "history": "bench.history",
     "concurrency": "bench.concurrency",
     "materializers": "bench.materializer_io",
+    "transfer": "bench.transfer",
     "peers": "bench.peers",
 }
 """Scenario name -> module (each has TITLE, ABOUT, PARAMS and run(ctx))."""

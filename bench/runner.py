@@ -41,7 +41,9 @@ def run_scenario(name: str, size: str, tmp: Path, *, quiet: bool = False) -> Res
 def run_all(
     size: str, out: Path, only: Iterable[str] | None = None, argv: list[str] | None = None
 ) -> dict[str, Any]:
-    """Run the scenarios, write ``report-<size>.md``, ``.json`` and plots into ``out``."""
+    """Run the scenarios, write ``report-<size>.md``, ``.json`` and plots into ``out``
+    (``report-<size>-<scenario>...`` when only some scenarios ran, so a partial
+    run never replaces the whole report)."""
     out.mkdir(parents=True, exist_ok=True)
     names = list(only) if only else list(SCENARIOS)
     started = _dt.datetime.now(_dt.timezone.utc)
@@ -65,7 +67,7 @@ def run_all(
         "machine": facts,
         "scenarios": [r.to_json() for r in results],
     }
-    stem = f"report-{size}"
+    stem = f"report-{size}" + ("".join(f"-{n}" for n in names) if only else "")
     plots = write_plots(results, out, size)
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     (out / f"{stem}.md").write_text(markdown(doc, results, plots))

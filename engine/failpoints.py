@@ -12,6 +12,24 @@ import errno
 import os
 import signal
 
+# Every ordering point of the write, gc, rebuild and import paths, in the order
+# a write meets them; crash tests kill the process at each.
+# (``gc.before_compact_copy`` also exists, to interleave two gcs in tests.)
+CRASH_POINTS = (
+    "blob.before_write",
+    "blob.after_write",
+    "blob.after_fsync",
+    "commit.before_txn",
+    "commit.in_txn",
+    "commit.after",
+    "gc.after_index_commit",
+    "gc.before_delete_files",
+    "rebuild.before_commit",
+    "import.after_chunks",
+    "import.in_txn",
+    "import.after_commit",
+)
+
 _ACTIVE: dict[str, tuple[str, int]] = {}
 _COUNTS: dict[str, int] = {}
 

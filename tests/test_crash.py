@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,18 +25,7 @@ from engine import ArtledgerError, Store, StoreError, failpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 CRASHTEST = ROOT / "tools" / "crashtest.py"
-FAILPOINTS = (
-    "blob.before_write",
-    "blob.after_write",
-    "blob.after_fsync",
-    "commit.before_txn",
-    "commit.in_txn",
-    "commit.after",
-    "gc.after_index_commit",
-    "gc.before_delete_files",
-    "rebuild.before_commit",
-)
-IMPORT_FAILPOINTS = ("import.after_chunks", "import.in_txn", "import.after_commit")
+FAILPOINTS = tuple(p for p in failpoints.CRASH_POINTS if not p.startswith("import."))
 
 
 @pytest.fixture
@@ -69,7 +59,7 @@ def state(store: Store) -> tuple[int, list[tuple[str, object]], dict[str, int]]:
 
 
 def test_crashtest_every_failpoint_and_random_kills(tmp_path: Path) -> None:
-    points = FAILPOINTS + IMPORT_FAILPOINTS
+    points = failpoints.CRASH_POINTS
     rounds = 2 * len(points)
     proc = subprocess.run(
         [sys.executable, str(CRASHTEST), "--rounds", str(rounds), "--seed", "11", "--json"],
@@ -315,3 +305,10 @@ def test_crashtest_checker_catches_lost_and_wrong_writes(disk_store: Store) -> N
     totals = ct.Totals()
     problems = ct.check_store(disk_store, lines[:1], totals)
     assert totals.dangling == 1 and any("WRONG" in p and "y:1" in p for p in problems)
+
+
+def test_every_crash_point_is_placed_in_the_engine() -> None:
+    source = "".join(p.read_text() for p in (ROOT / "engine").glob("*.py"))
+    placed = set(re.findall(r'failpoints\.hit\("([^"]+)"\)', source))
+    assert set(failpoints.CRASH_POINTS) <= placed
+    assert placed - set(failpoints.CRASH_POINTS) == {"gc.before_compact_copy"}

@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import fractions
 import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -47,29 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FAILPOINTS = (
-    "blob.before_write",
-    "blob.after_write",
-    "blob.after_fsync",
-    "commit.before_txn",
-    "commit.in_txn",
-    "commit.after",
-    "gc.after_index_commit",
-    "gc.before_delete_files",
-    "rebuild.before_commit",
-)
-# Failpoints added later in the engine (import) are used when present.
-OPTIONAL_FAILPOINTS = ("import.after_chunks", "import.in_txn", "import.after_commit")
 WORKLOADS = ("mixed", "save")
 CHUNK_SIZE = 64 << 10
 NAMES = tuple(f"art{i}" for i in range(6))
-
-
-def has_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 # -- values: regenerated from a key, so the checker knows the right content --------------
@@ -463,9 +442,10 @@ def run(
 
     rng = random.Random(seed)
     totals = Totals()
-    points = list(FAILPOINTS)
-    if has_module("engine.transfer") and workload == "mixed":
-        points += [p for p in OPTIONAL_FAILPOINTS if _placed(p)]
+    from engine.failpoints import CRASH_POINTS
+
+    # Only the mixed workload imports streams, so only it can meet import.* points.
+    points = [p for p in CRASH_POINTS if workload == "mixed" or not p.startswith("import.")]
     started = time.monotonic()
     store_dir = workdir / "store-0"
     lines: list[dict[str, Any]] = []
@@ -575,11 +555,6 @@ def run(
             out.unlink(missing_ok=True)
     totals.seconds = time.monotonic() - started
     return totals
-
-
-def _placed(name: str) -> bool:
-    root = Path(__file__).resolve().parent.parent / "engine"
-    return any(f'hit("{name}")' in p.read_text() for p in root.glob("*.py"))
 
 
 def summary(totals: Totals) -> dict[str, Any]:
