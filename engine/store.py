@@ -437,6 +437,7 @@ class Store(Catalog):
     def assign_versions(self, txn: Txn, prepared: list[Prepared]) -> list[dict[str, Any]]:
         """Fill in version numbers inside the commit transaction (gapless per name)."""
         nexts: dict[str, int] = {}
+        taken: set[tuple[str, int | str]] = set()  # versions given earlier in this batch
         out = []
         for p in prepared:
             d = dict(p.data)
@@ -445,15 +446,14 @@ class Store(Catalog):
             v = p.requested_version
             if v is None:
                 v = nxt
-            elif txn.get("versions", version_key(name, v)) is not None or (
-                isinstance(v, int) and v < nxt and _taken(txn, name, v)
-            ):
+            elif (name, v) in taken or txn.get("versions", version_key(name, v)) is not None:
                 raise InvalidArgumentError(
                     f"artifact {name!r} already has version {v!r}; pick another or omit version="
                 )
             if isinstance(v, int) and v >= nxt:
                 nxt = v + 1
             nexts[name] = nxt
+            taken.add((name, v))
             d["version"] = v
             out.append(d)
         return out
@@ -688,10 +688,6 @@ def _check_tags(tags: Iterable[str]) -> list[str]:
             raise InvalidArgumentError(f"tags must be non-empty strings, not {t!r}")
         out.append(t)
     return sorted(set(out))
-
-
-def _taken(txn: Txn, name: str, v: int) -> bool:
-    return txn.get("versions", version_key(name, v)) is not None
 
 
 _OVERLAP_METADATA = 8 << 20

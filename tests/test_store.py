@@ -387,3 +387,13 @@ def test_store_dir_and_secret_permissions(tmp_path: Path) -> None:
     assert (tmp_path / "s").stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "s" / "secret").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "s" / "secret").stat().st_size == 32
+
+
+def test_one_batch_cannot_give_a_version_twice(store: Store) -> None:
+    head = store.head
+    first = store.prepare(1, "batch", version=7)
+    second = store.prepare(2, "batch", version=7)
+    with pytest.raises(InvalidArgumentError, match="already has version 7"):
+        store.commit_artifacts([first, second])
+    assert store.head == head
+    assert [a.version for a in store.commit_artifacts([store.prepare(3, "batch")])] == [1]
