@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from bench.common import MiB, fsync_path, run_python
+from bench.common import MiB, Result, Row, fsync_path, run_python
 
 BLOCK = 16 * MiB
 
@@ -149,3 +149,21 @@ def peak_rss(kind: str, op: str, where: Path, nbytes: int) -> dict[str, float]:
     code = _PROBE.format(args=(kind, op, str(where), nbytes))
     out = run_python(code)
     return {k: float(v) for k, v in out.items()}
+
+
+def add_peak_rss_rows(res: Result, label: str, workdir: Path, nbytes: int) -> None:
+    """Rows for the peak RSS of saving and loading a ``nbytes`` array, ours vs numpy's."""
+    for op in ("save", "load"):
+        ours = peak_rss("ours", op, workdir / "rss-ours", nbytes)
+        theirs = peak_rss("numpy", op, workdir / "rss-np", nbytes)
+        res.add(
+            Row(
+                f"{label} (x array)".replace("{op}", op),
+                ours["times"],
+                "x",
+                theirs["times"],
+                f"np.{op}",
+                goal=("ours<=", 1.1),
+                note=f"extra beyond the array: {ours['extra'] / MiB:.1f} MiB",
+            )
+        )

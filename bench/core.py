@@ -176,20 +176,7 @@ def run(ctx: Context) -> Result:
         ctx.log(f"core: peak RSS, {p['rss_mib']} MiB")
         rss_bytes = p["rss_mib"] * MiB
         rl = f"{p['rss_mib']} MiB" if p["rss_mib"] < 1024 else f"{p['rss_mib'] // 1024} GiB"
-        for op in ("save", "load"):
-            ours_rss = arrays.peak_rss("ours", op, tmp / "rss-ours", rss_bytes)
-            np_rss = arrays.peak_rss("numpy", op, tmp / "rss-np", rss_bytes)
-            res.add(
-                Row(
-                    f"peak RSS {op} {rl} (x array)",
-                    ours_rss["times"],
-                    "x",
-                    np_rss["times"],
-                    f"np.{op}",
-                    goal=("ours<=", 1.1),
-                    note=f"extra beyond the array: {ours_rss['extra'] / MiB:.1f} MiB",
-                )
-            )
+        arrays.add_peak_rss_rows(res, f"peak RSS {{op}} {rl}", tmp, rss_bytes)
 
     ctx.log("core: import time")
     imp = import_time("engine", p["imports"])

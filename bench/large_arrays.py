@@ -138,20 +138,7 @@ def run(ctx: Context) -> Result:
                 s.close()
             if p["rss"]:
                 ctx.log(f"large: {label} peak RSS")
-                for op in ("save", "load"):
-                    ours_rss = arrays.peak_rss("ours", op, tmp / "rss-ours", nbytes)
-                    np_rss = arrays.peak_rss("numpy", op, tmp / "rss-np", nbytes)
-                    res.add(
-                        Row(
-                            f"{label} raw: peak RSS {op} (x array)",
-                            ours_rss["times"],
-                            "x",
-                            np_rss["times"],
-                            f"np.{op}",
-                            goal=("ours<=", 1.1),
-                            note=f"extra beyond the array: {ours_rss['extra'] / MiB:.1f} MiB",
-                        )
-                    )
+                arrays.add_peak_rss_rows(res, f"{label} raw: peak RSS {{op}}", tmp, nbytes)
     res.series.append(
         Series("Throughput by array size", "array size (MiB)", "GB/s", xs, curves, logx=True)
     )
