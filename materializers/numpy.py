@@ -17,6 +17,7 @@ looked up, so ``import materializers`` stays cheap.
 from __future__ import annotations
 
 import ast
+import functools
 import html
 import struct
 import warnings
@@ -162,18 +163,24 @@ def _read_header(f: IO[bytes], name: str) -> tuple[tuple[int, ...], bool, np.dty
         raw = f.read(length)
         if len(raw) != length:
             raise ValueError("the header is truncated")
-        fields = ast.literal_eval(raw.decode(encoding))
-        if not isinstance(fields, dict) or fields.keys() != _HEADER_KEYS:
-            raise ValueError(f"header is not a dict with keys {sorted(_HEADER_KEYS)}")
-        shape, fortran_order = fields["shape"], fields["fortran_order"]
-        if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
-            raise ValueError(f"bad shape {shape!r}")
-        if type(fortran_order) is not bool:
-            raise ValueError(f"bad fortran_order {fortran_order!r}")
-        dtype = np.lib.format.descr_to_dtype(fields["descr"])
+        return _parse_header(raw.decode(encoding))
     except (ValueError, TypeError, SyntaxError, struct.error, UnicodeDecodeError) as exc:
         raise MaterializerError(f"{name} is not a valid .npy file: {exc}") from exc
-    return shape, fortran_order, dtype
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_header(text: str) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """The fields of a .npy header's text (cached: a container of like arrays
+    repeats the same header, and parsing it is most of a small array's load)."""
+    fields = ast.literal_eval(text)
+    if not isinstance(fields, dict) or fields.keys() != _HEADER_KEYS:
+        raise ValueError(f"header is not a dict with keys {sorted(_HEADER_KEYS)}")
+    shape, fortran_order = fields["shape"], fields["fortran_order"]
+    if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
+        raise ValueError(f"bad shape {shape!r}")
+    if type(fortran_order) is not bool:
+        raise ValueError(f"bad fortran_order {fortran_order!r}")
+    return shape, fortran_order, np.lib.format.descr_to_dtype(fields["descr"])
 
 
 def _raw_bytes(array: npt.NDArray[Any]) -> memoryview:
