@@ -18,7 +18,6 @@ from engine.chunks import ChunkStore, FileEntry
 from engine.errors import (
     ArtifactNotFoundError,
     ArtledgerError,
-    IntegrityError,
     InvalidArgumentError,
     MaterializerError,
     RunNotFoundError,
@@ -230,9 +229,7 @@ class Catalog:
                 raise
             hint = f" ({self._secret_problem})" if self._secret_problem else ""
             raise type(e)(f"{label}: {e}{hint}") from e
-        except IntegrityError:
-            raise
-        except ArtledgerError:
+        except ArtledgerError:  # IntegrityError and the rest already name the artifact
             raise
         except Exception as e:
             raise MaterializerError(

@@ -20,7 +20,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -462,13 +462,3 @@ class ChunkReader(io.RawIOBase):
         n = self.readinto(buf)
         del buf[n:]
         return bytes(buf)
-
-
-@dataclass
-class Manifest:
-    """The files of an artifact, in write order."""
-
-    files: list[FileEntry] = field(default_factory=list)
-
-    def to_record(self) -> list[Any]:
-        return [f.to_record() for f in self.files]

@@ -428,9 +428,6 @@ class LmdbKV(KV):
         size = int(self.env.info()["map_size"])
         self.env.set_mapsize(size * 2)
 
-    def sync(self) -> None:
-        self.env.sync(True)
-
     def close(self) -> None:
         if self._closed:
             return

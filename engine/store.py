@@ -20,7 +20,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -86,7 +86,6 @@ class Prepared:
     data: dict[str, Any]
     session: WriteSession
     requested_version: int | str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class _ChunkGoneError(Exception):

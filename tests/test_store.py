@@ -397,3 +397,13 @@ def test_one_batch_cannot_give_a_version_twice(store: Store) -> None:
         store.commit_artifacts([first, second])
     assert store.head == head
     assert [a.version for a in store.commit_artifacts([store.prepare(3, "batch")])] == [1]
+
+
+def test_find_by_content_across_names(store: Store) -> None:
+    a = store.save_artifact(np.arange(10), "one")
+    b = store.save_artifact(np.arange(10), "two")
+    store.save_artifact(np.arange(11), "three")
+    assert a.content_hash == b.content_hash
+    assert [x.name for x in store.find_by_content(a.content_hash)] == ["one", "two"]
+    store.delete_artifact(a)
+    assert [x.name for x in store.find_by_content(a.content_hash)] == ["two"]
