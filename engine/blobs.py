@@ -21,8 +21,9 @@ import os
 import secrets
 import struct
 import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +52,20 @@ class BlobStore(ABC):
         """The payload at ``loc``; ``IntegrityError`` when it is gone or short."""
 
     @abstractmethod
-    def flush(self) -> dict[str, int]:
-        """Make every ``put`` so far durable; the new committed end of each
-        segment written (recorded by the caller in the commit transaction)."""
+    def flush(self, held: Iterable[Location]) -> dict[str, int]:
+        """Make every ``put`` so far durable. Returns the state the commit that
+        references ``held`` (locations ``put`` returned) must record in the
+        same transaction: for packs, the committed end of each segment."""
 
     def readinto(self, loc: Location, buf: memoryview) -> None:
         """Copy the payload at ``loc`` into ``buf`` (exactly its length)."""
         buf[:] = self.get(loc)
 
-    def release(self, names: Iterable[str]) -> None:  # noqa: B027 - optional hook
-        """The ledger now records the ends :meth:`flush` returned for ``names``."""
+    def release(self, held: Iterable[Location]) -> None:  # noqa: B027 - optional hook
+        """The commit that referenced ``held`` has returned (committed or not),
+        or its writes were abandoned: the backend may now let other processes
+        truncate or collect what it kept for them. Every location ``put``
+        returns must be released exactly once."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files."""
@@ -88,7 +93,7 @@ class MemoryBlobStore(BlobStore):
         except KeyError:
             raise IntegrityError(f"chunk payload at {loc} is missing") from None
 
-    def flush(self) -> dict[str, int]:
+    def flush(self, held: Iterable[Location]) -> dict[str, int]:
         return {}
 
     def delete(self, loc: Location) -> None:
@@ -102,7 +107,7 @@ class _Segment:
         self.fd = fd
         self.end = end
         self.dirty = False
-        self.unreported = False  # written since the caller last recorded its end
+        self.pins = 0  # records put here whose commit has not returned yet
 
 
 class PackBlobStore(BlobStore):
@@ -129,13 +134,23 @@ class PackBlobStore(BlobStore):
 
     # -- writing ---------------------------------------------------------------
     def _new_segment(self) -> _Segment:
+        """A new segment, locked before it appears under its ``.pack`` name, so no
+        other process can ever see it unlocked while this writer lives."""
         name = secrets.token_hex(8)
         path = self.root / f"{name}.pack"
+        tmp = self.root / f".{name}.new"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         except OSError as e:
             raise StoreError(f"cannot create pack segment {path}: {e}") from e
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            tmp.rename(path)
+        except OSError as e:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StoreError(f"cannot create pack segment {path}: {e}") from e
         return _Segment(name, path, fd, 0)
 
     def put(self, digest: bytes, codec: int, raw_len: int, payload: Any) -> Location:
@@ -146,6 +161,7 @@ class PackBlobStore(BlobStore):
             if seg is None or (seg.end + n + HEADER.size > SEGMENT_LIMIT and seg.end > 0):
                 if seg is not None:
                     self._sync(seg)
+                    self._active = None
                     self._retire(seg)
                 seg = self._active = self._new_segment()
                 self._new_files = True
@@ -173,7 +189,8 @@ class PackBlobStore(BlobStore):
                 raise StoreError(f"cannot write pack segment {seg.path}: {e}") from e
             offset = seg.end + HEADER.size
             seg.end += HEADER.size + n
-            seg.dirty = seg.unreported = True
+            seg.dirty = True
+            seg.pins += 1
             failpoints.hit("blob.after_write")
             return [seg.name, offset, n]
 
@@ -186,28 +203,41 @@ class PackBlobStore(BlobStore):
             seg.dirty = False
 
     def _retire(self, seg: _Segment) -> None:
-        if seg.unreported:
-            self._retired[seg.name] = seg
-        else:
+        """Close a segment for writing. Its file stays open and locked while
+        a record put in it may still be committed (so no other process's
+        recovery truncates it and no gc deletes it): until every location in
+        it has been released."""
+        self._retired[seg.name] = seg
+        self._close_if_done(seg)
+
+    def _close_if_done(self, seg: _Segment) -> None:
+        if seg is self._active or seg.pins:  # still needed
+            return
+        if self._retired.pop(seg.name, None) is not None:
             with contextlib.suppress(OSError):
                 os.close(seg.fd)
 
-    def release(self, names: Iterable[str]) -> None:
+    def release(self, held: Iterable[Location]) -> None:
+        counts: dict[str, int] = {}
+        for loc in held:
+            counts[loc[0]] = counts.get(loc[0], 0) + 1
         with self._lock:
-            for name in names:
-                seg = self._retired.pop(name, None)
+            for name, n in counts.items():
+                seg = self._retired.get(name)
+                if seg is None and self._active is not None and self._active.name == name:
+                    seg = self._active
                 if seg is not None:
-                    with contextlib.suppress(OSError):
-                        os.close(seg.fd)
+                    seg.pins -= n
+                    self._close_if_done(seg)
 
-    def flush(self) -> dict[str, int]:
+    def flush(self, held: Iterable[Location]) -> dict[str, int]:
+        ends: dict[str, int] = {}
+        for name, offset, n in held:
+            ends[name] = max(ends.get(name, 0), offset + n)
         with self._lock:
-            ends = {name: seg.end for name, seg in self._retired.items()}
             seg = self._active
-            if seg is not None and (seg.dirty or seg.unreported):
+            if seg is not None and seg.dirty:
                 self._sync(seg)
-                ends[seg.name] = seg.end
-                seg.unreported = False
                 failpoints.hit("blob.after_fsync")
             if self._new_files:
                 self._new_files = False
@@ -225,8 +255,8 @@ class PackBlobStore(BlobStore):
             seg = self._active
             if seg is not None:
                 self._sync(seg)
-                self._retire(seg)
                 self._active = None
+                self._retire(seg)
 
     # -- reading ---------------------------------------------------------------
     def _reader(self, name: str) -> int:
@@ -287,31 +317,92 @@ class PackBlobStore(BlobStore):
             os.close(fd)
 
     # -- recovery and deletion ---------------------------------------------------
-    def recover(self, committed: dict[str, int]) -> list[str]:
-        """Truncate the tails past ``committed`` ends of segments no live writer
-        holds; what was truncated."""
-        fixed: list[str] = []
-        for name in self.segment_names():
-            path = self.root / f"{name}.pack"
-            end = committed.get(name, 0)
-            size = self.segment_size(name)
-            if size <= end or (self._active is not None and self._active.name == name):
-                continue
-            try:
-                fd = os.open(path, os.O_RDWR)
-            except OSError:
-                continue
-            try:
+    @contextlib.contextmanager
+    def claimed(self, names: Iterable[str]) -> Iterator[list[str]]:
+        """Lock, for the duration of the block, each of ``names`` that no live
+        writer holds (in this process or another); yield the names locked.
+
+        A writer holds its segment's lock from before the file appears until
+        every commit that may reference its bytes has returned, and a segment
+        is never written again once its lock is released. So once claimed, a
+        segment's committed end and members, read in a *fresh* ledger
+        transaction, are final: recovery and gc read them only then."""
+        held: dict[str, int] = {}
+        try:
+            for name in names:
+                if name in held:
+                    continue
+                try:
+                    fd = os.open(self.root / f"{name}.pack", os.O_RDONLY)
+                except OSError:
+                    continue  # gone: deleted by another gc
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
-                    continue  # a live writer owns it
-                os.ftruncate(fd, end)
-                os.fsync(fd)
+                    os.close(fd)  # a live writer holds it
+                    continue
+                held[name] = fd
+            yield list(held)
+        finally:
+            for fd in held.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def recover(
+        self, committed: Callable[[], Mapping[str, int]], hint: Mapping[str, int]
+    ) -> list[str]:
+        """Truncate torn tails: bytes past a segment's committed end, in segments
+        no live writer holds. ``hint`` (ends from an earlier snapshot) picks the
+        candidates cheaply; ``committed()`` is called after they are locked and
+        must read the ends in a fresh transaction. A segment the ledger does not
+        know is never truncated (see :meth:`orphans`). What was truncated."""
+        candidates = [
+            n for n in self.segment_names() if n in hint and self.segment_size(n) > hint[n]
+        ]
+        if not candidates:
+            return []
+        fixed: list[str] = []
+        with self.claimed(candidates) as held:
+            if not held:
+                return []
+            ends = committed()
+            for name in held:
+                end = ends.get(name)
+                size = self.segment_size(name)
+                if end is None or size <= end:
+                    continue
+                path = self.root / f"{name}.pack"
+                try:
+                    os.truncate(path, end)
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                except OSError as e:
+                    raise StoreError(f"cannot truncate the torn tail of {path}: {e}") from e
                 fixed.append(f"{name}.pack: truncated {size - end} bytes past the committed end")
-            finally:
-                os.close(fd)
         return fixed
+
+    def orphans(self, known: Iterable[str]) -> list[str]:
+        """Segments the ledger does not know (``known``: the ledger's segment
+        table) and no live writer holds: left by a writer that died before its
+        first commit. Their bytes are referenced by nothing."""
+        known = set(known)
+        names = [n for n in self.segment_names() if n not in known]
+        with self.claimed(names) as held:
+            return held
+
+    def stale_new_files(self, older_than: float) -> list[Path]:
+        """Half-created segment files (``.NAME.new``) of writers that died
+        between creating and naming a segment, unchanged for ``older_than`` s."""
+        now = time.time()
+        out = []
+        for p in self.root.glob(".*.new"):
+            with contextlib.suppress(OSError):
+                if now - p.stat().st_mtime > older_than:
+                    out.append(p)
+        return out
 
     def delete_segment(self, name: str) -> None:
         self.drop_reader(name)

@@ -225,6 +225,7 @@ class WriteSession:
         self.store = store
         self.new: dict[bytes, ChunkRecord] = {}
         self.referenced: set[bytes] = set()
+        self.held: list[Any] = []  # blob locations put, until released
         self._lock = threading.Lock()
 
     def _known(self, digest: bytes) -> bool:
@@ -252,9 +253,25 @@ class WriteSession:
                 rec = ChunkRecord(codec, n, None, bytes(payload))
             else:
                 loc = self.store.blobs.put(digest, codec, n, payload)
+                self.held.append(loc)
                 rec = ChunkRecord(codec, n, loc)
             self.new[digest] = rec
         return digest
+
+    def relocate(self, digest: bytes, rec: ChunkRecord, payload: bytes) -> list[Any]:
+        """Put a copy of an indexed chunk's payload (gc compaction); its new location."""
+        loc = self.store.blobs.put(digest, rec.codec, rec.raw_len, payload)
+        with self._lock:
+            self.held.append(loc)
+        return loc
+
+    def release(self) -> None:
+        """Tell the blob store the commit of these chunks has returned (or will
+        never happen); idempotent."""
+        with self._lock:
+            held, self.held = self.held, []
+        if held:
+            self.store.blobs.release(held)
 
     def writer(self, name: str, on_close: Callable[[FileEntry], None]) -> ChunkWriter:
         return ChunkWriter(self, name, on_close)

@@ -469,6 +469,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
             f"{report.segments_deleted} deleted"
         )
     )
+    for note in report.notes:
+        out.print(f"note: {note}")
     if args.explain:
         table = new_table(
             "why each kept chunk lives", "chunk", "referenced by (live artifact versions)"

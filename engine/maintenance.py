@@ -14,8 +14,8 @@ rewritten; files are deleted only after the index commit that dropped them.
 
 from __future__ import annotations
 
-import fcntl
-import os
+import contextlib
+import shutil
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from engine import failpoints
 from engine.blobs import MAGIC, MemoryBlobStore, PackBlobStore
 from engine.chunks import ChunkRecord
-from engine.errors import ArtledgerError, IntegrityError
+from engine.errors import ArtledgerError
 from engine.kv import MemoryKV, Txn
 from engine.log import unpack
 from engine.projections import PROJECTION_DBS, fold
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 Progress = Callable[[str, int, int], None]
 COMPACT_BELOW = 0.5
+COMPACT_HEADROOM = 1 << 20  # room kept free for the ledger while rewriting segments
 
 
 @dataclass
@@ -62,6 +63,7 @@ class GcReport:
     segments_deleted: int = 0
     segments_compacted: int = 0
     why_kept: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def _live_refs(txn: Txn) -> dict[bytes, list[str]]:
@@ -167,6 +169,13 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
                         f"pack segment {name}.pack has {size - end} bytes past its committed "
                         "end (an unfinished write; `verify --fix` truncates it)"
                     )
+            for name in store.blobs.orphans(ends):
+                size = store.blobs.segment_size(name)
+                report.notes.append(
+                    f"pack segment {name}.pack ({size} bytes) is unknown to the ledger: left by "
+                    "a writer that stopped before its first commit; nothing references it "
+                    "(`artledger gc` deletes it)"
+                )
             report.checked["segments"] = len(ends)
         # Projections against a fresh fold.
         fresh = MemoryKV()
@@ -191,8 +200,7 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
         if any(p.startswith("projection") for p in report.problems):
             store.rebuild()
             report.fixed.append("projections rebuilt from the log")
-        if isinstance(store.blobs, PackBlobStore):
-            report.fixed += store.blobs.recover(store.segment_ends())
+        report.fixed += store._recover_packs()
     return report
 
 
@@ -256,76 +264,100 @@ def gc(store: Store, *, dry_run: bool = False, explain: bool = False) -> GcRepor
     return report
 
 
-def _compact(store: Store, blobs: PackBlobStore, report: GcReport) -> None:
-    """Rewrite mostly-dead segments; delete dead ones (after the index commit)."""
-    txn = store.kv.read()
-    try:
-        ends = {k.decode(): int.from_bytes(v, "big") for k, v in txn.scan("segments")}
-        live_bytes: dict[str, int] = defaultdict(int)
-        members: dict[str, list[tuple[bytes, ChunkRecord]]] = defaultdict(list)
-        for digest, raw in txn.scan("chunks"):
-            rec = ChunkRecord.unpack(raw)
-            if rec.loc is not None:
-                live_bytes[rec.loc[0]] += rec.loc[2]
-                members[rec.loc[0]].append((digest, rec))
-    finally:
-        store.kv.end_read(txn)
-    active = blobs._active.name if blobs._active is not None else None
-    victims = []
-    for name, end in ends.items():
-        if name == active or end == 0:
-            continue
-        if live_bytes.get(name, 0) < COMPACT_BELOW * end and _unlocked(blobs, name):
-            victims.append(name)
-    if not victims:
-        return
-    moved: dict[bytes, list[Any]] = {}
-    failpoints.hit("gc.before_compact_copy")
-    for name in victims:
-        for digest, rec in members.get(name, []):
-            try:
-                payload = blobs.get(rec.loc)  # type: ignore[arg-type]
-            except IntegrityError:
-                now = store.chunks.lookup(digest)
-                if now is not None and now.loc == rec.loc:
-                    raise
-                continue  # a concurrent gc moved or dropped it since the scan
-            moved[digest] = blobs.put(digest, rec.codec, rec.raw_len, payload)
+def _pack_layout(
+    txn: Txn,
+) -> tuple[dict[str, int], dict[str, int], dict[str, list[tuple[bytes, ChunkRecord]]]]:
+    """(committed end, live payload bytes, chunks) of every pack segment."""
+    ends = {k.decode(): int.from_bytes(v, "big") for k, v in txn.scan("segments")}
+    live_bytes: dict[str, int] = defaultdict(int)
+    members: dict[str, list[tuple[bytes, ChunkRecord]]] = defaultdict(list)
+    for digest, raw in txn.scan("chunks"):
+        rec = ChunkRecord.unpack(raw)
+        if rec.loc is not None:
+            live_bytes[rec.loc[0]] += rec.loc[2]
+            members[rec.loc[0]].append((digest, rec))
+    return ends, live_bytes, members
 
-    def relink(txn: Txn) -> list[tuple[str, dict[str, Any]]]:
-        for digest, loc in moved.items():
-            raw = txn.get("chunks", digest)
-            if raw is None:
-                continue
-            rec = ChunkRecord.unpack(raw)
-            if rec.loc is not None and rec.loc[0] in victims:
-                rec.loc = loc
-                txn.put("chunks", digest, rec.pack())
-        for name in victims:
+
+def _worth_compacting(name: str, ends: dict[str, int], live_bytes: dict[str, int]) -> bool:
+    end = ends.get(name, 0)
+    return end > 0 and live_bytes.get(name, 0) < COMPACT_BELOW * end
+
+
+def _compact(store: Store, blobs: PackBlobStore, report: GcReport) -> None:
+    """Rewrite mostly-dead segments, delete dead and orphaned ones.
+
+    Candidates come from a snapshot; each is then locked (a segment a live
+    writer holds is skipped) and its end and members are read again in a
+    fresh transaction, so chunks committed after the snapshot are never left
+    behind. Segments with no live chunk go first (they need no room); the
+    rest are rewritten only when the disk has room for their live bytes.
+    Files are deleted only after the index commit that stopped using them."""
+    with store._read() as txn:
+        ends, live_bytes, _ = _pack_layout(txn)
+    candidates = [n for n in ends if _worth_compacting(n, ends, live_bytes)]
+    candidates += [n for n in blobs.segment_names() if n not in ends]  # orphans
+    if not candidates:
+        return
+    with blobs.claimed(candidates) as held:
+        if not held:
+            return
+        with store._read() as txn:
+            ends, live_bytes, members = _pack_layout(txn)
+        orphans = [n for n in held if n not in ends]
+        victims = [n for n in held if _worth_compacting(n, ends, live_bytes)]
+        empty = [n for n in victims if not members.get(n)]
+        full = [n for n in victims if members.get(n)]
+        if empty or orphans:
+            store.commit(_forget_segments(empty))
+            failpoints.hit("gc.before_delete_files")
+            for name in empty + orphans:
+                blobs.delete_segment(name)
+            report.segments_deleted += len(empty) + len(orphans)
+        if not full:
+            return
+        need = sum(rec.loc[2] + 64 for n in full for _, rec in members[n])  # type: ignore[index]
+        free = shutil.disk_usage(blobs.root).free
+        if free < need + COMPACT_HEADROOM:
+            report.notes.append(
+                f"{len(full)} mostly-dead pack segment{'s' if len(full) > 1 else ''} not "
+                "rewritten: that needs "
+                f"{need + COMPACT_HEADROOM} bytes free on the device holding {blobs.root}, "
+                f"which has {free}; free some space and run gc again"
+            )
+            return
+        failpoints.hit("gc.before_compact_copy")
+        moved: dict[bytes, list[Any]] = {}
+        copies = store.chunks.session()
+        for name in full:
+            for digest, rec in members[name]:
+                moved[digest] = copies.relocate(digest, rec, blobs.get(rec.loc))  # type: ignore[arg-type]
+
+        def relink(txn: Txn) -> list[tuple[str, dict[str, Any]]]:
+            for digest, loc in moved.items():
+                raw = txn.get("chunks", digest)
+                if raw is None:
+                    continue
+                rec = ChunkRecord.unpack(raw)
+                if rec.loc is not None and rec.loc[0] in full:
+                    rec.loc = loc
+                    txn.put("chunks", digest, rec.pack())
+            return _forget_segments(full)(txn)
+
+        store.commit(relink, [copies])
+        failpoints.hit("gc.before_delete_files")
+        for name in full:
+            blobs.delete_segment(name)
+        report.segments_compacted += len(full)
+    for path in blobs.stale_new_files(older_than=600):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _forget_segments(names: list[str]) -> Callable[[Txn], list[tuple[str, dict[str, Any]]]]:
+    def fn(txn: Txn) -> list[tuple[str, dict[str, Any]]]:
+        for name in names:
             txn.delete("segments", name.encode())
         return []
 
-    store.commit(relink)
-    failpoints.hit("gc.before_delete_files")
-    for name in victims:
-        blobs.delete_segment(name)
-        if members.get(name):
-            report.segments_compacted += 1
-        else:
-            report.segments_deleted += 1
-
-
-def _unlocked(blobs: PackBlobStore, name: str) -> bool:
-    """Whether no live writer holds segment ``name``."""
-    try:
-        fd = os.open(blobs.root / f"{name}.pack", os.O_RDONLY)
-    except OSError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+    return fn

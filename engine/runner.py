@@ -314,16 +314,22 @@ class _Runner:
             values = (result,)
         store = self.store
         for attempt in range(2):
-            prepared: list[Prepared] = [
-                store.prepare(
-                    value,
-                    p.artifact_names[name],
-                    materializer=p.materializers[name],
-                    producer=sid,
-                    run=self.run_id,
-                )
-                for name, value in zip(names, values, strict=True)
-            ]
+            prepared: list[Prepared] = []
+            try:
+                for name, value in zip(names, values, strict=True):
+                    prepared.append(
+                        store.prepare(
+                            value,
+                            p.artifact_names[name],
+                            materializer=p.materializers[name],
+                            producer=sid,
+                            run=self.run_id,
+                        )
+                    )
+            except BaseException:
+                for q in prepared:
+                    q.session.release()
+                raise
 
             def extra(datas: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
                 return [

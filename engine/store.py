@@ -238,9 +238,11 @@ class Store(Catalog):
             )
         self._secret_problem = problem
 
-    def _recover_packs(self) -> None:
+    def _recover_packs(self) -> list[str]:
+        """Truncate torn pack tails (see :meth:`PackBlobStore.recover`)."""
         if isinstance(self.blobs, PackBlobStore):
-            self.blobs.recover(self.segment_ends())
+            return self.blobs.recover(self.segment_ends, self.segment_ends())
+        return []
 
     def segment_ends(self) -> dict[str, int]:
         """The committed end of every pack segment, from the ledger."""
@@ -306,7 +308,18 @@ class Store(Catalog):
         sessions' chunks, and commit durably, all in one transaction."""
         self._check_open()
         sessions = list(sessions)
-        ends = self.blobs.flush()
+        try:
+            return self._commit(build, sessions)
+        finally:
+            for s in sessions:
+                s.release()
+
+    def _commit(
+        self,
+        build: Callable[[Txn], list[tuple[str, dict[str, Any]]]],
+        sessions: list[WriteSession],
+    ) -> list[Event]:
+        ends = self.blobs.flush([loc for s in sessions for loc in s.held])
         failpoints.hit("commit.before_txn")
         with self._deferred_lock:
             deferred = list(self._deferred)
@@ -325,7 +338,6 @@ class Store(Catalog):
 
             events = self.kv.write(fn)
             del self._deferred[: len(deferred)]
-        self.blobs.release(ends)
         failpoints.hit("commit.after")
         return events
 
@@ -382,9 +394,11 @@ class Store(Catalog):
             files.finish()
         except ArtledgerError:
             files.discard()
+            session.release()
             raise
         except Exception as e:
             files.discard()
+            session.release()
             raise MaterializerError(
                 f"materializer {ident} failed to save a {type(obj).__qualname__} "
                 f"as artifact {name!r}: {e}"

@@ -467,7 +467,7 @@ def import_stream(
             n_done += 1
             if progress is not None:
                 progress("write", n_done, len(plan.artifacts))
-    ends = store.blobs.flush()
+    ends = store.blobs.flush(session.held)
     failpoints.hit("import.after_chunks")
 
     def fn(txn: Txn) -> list[Event]:
@@ -510,7 +510,8 @@ def import_stream(
             f"chunk {e.args[0].hex()} was collected by a concurrent gc during the import; "
             "nothing was imported, retry"
         ) from None
-    store.blobs.release(ends)
+    finally:
+        session.release()
     failpoints.hit("import.after_commit")
     report.events = len(out)
     report.artifacts = len(plan.artifacts)

@@ -25,7 +25,7 @@ looked up.
 from __future__ import annotations
 
 import importlib
-import sys
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +55,10 @@ _lazy: dict[str, str] = {
     "numpy:ndarray": "materializers.numpy",
     "numpy:generic": "materializers.numpy",
 }
+# Held while a lazy materializer module is imported: another thread must not see
+# the module in sys.modules before its classes have registered.
+_lazy_lock = threading.Lock()
+_loaded: set[str] = set()  # lazy modules fully imported
 
 
 def identity(cls: type) -> str:
@@ -149,8 +153,10 @@ def materializer_for(data_type: type) -> type[BaseMaterializer]:
         raise MaterializerError(f"materializer_for() takes a type, got {data_type!r}.")
     for klass in mro:
         module = _lazy.get(identity(klass))
-        if module is not None and module not in sys.modules:
-            importlib.import_module(module)
+        if module is not None and module not in _loaded:
+            with _lazy_lock:
+                importlib.import_module(module)
+                _loaded.add(module)
     for klass in mro:
         cls = _by_type.get(klass)
         if cls is not None and cls.can_handle_type(data_type):

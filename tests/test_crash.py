@@ -125,10 +125,17 @@ def test_kill_at_a_failpoint_leaves_a_consistent_store(
             np.testing.assert_array_equal(s.load_artifact("doomed"), np.arange(100_000))
         else:
             assert state(s) == before
-        # The torn or abandoned pack tail is gone; the store takes writes again.
+        # The torn pack tail is gone. A segment the ledger never recorded (the
+        # writer died before its first commit) is left alone, reported, and
+        # deleted by gc; the store takes writes again.
         sizes = {p.stem: p.stat().st_size for p in (path / "packs").glob("*.pack")}
         ends = s.segment_ends()
-        assert all(size == ends.get(name, 0) for name, size in sizes.items())
+        assert all(size == ends[name] for name, size in sizes.items() if name in ends)
+        orphans = set(sizes) - set(ends)
+        notes = " ".join(s.verify().notes)
+        assert all(f"{name}.pack" in notes for name in orphans)
+        s.gc()
+        assert {p.stem for p in (path / "packs").glob("*.pack")} == set(ends)
         s.save_artifact(np.arange(10), "after")
         assert s.verify().ok
 
@@ -312,3 +319,40 @@ def test_every_crash_point_is_placed_in_the_engine() -> None:
     placed = set(re.findall(r'failpoints\.hit\("([^"]+)"\)', source))
     assert set(failpoints.CRASH_POINTS) <= placed
     assert placed - set(failpoints.CRASH_POINTS) == {"gc.before_compact_copy"}
+
+
+def test_gc_on_a_full_disk_deletes_dead_segments_first(tmp_path: Path) -> None:
+    """With the disk full, deleting artifacts and running gc gives the space
+    back: whole dead segments need no room to reclaim. A mostly-dead segment
+    that needs room to be rewritten is left, with a note saying how much."""
+    with tmpfs(tmp_path / "small", "8m") as mnt:
+        path = mnt / "s"
+        rng = np.random.default_rng(5)
+        with Store.open(path, chunk_size=64 << 10, map_size=1 << 20) as s:
+            keep = s.save_artifact(rng.random(20_000), "keep")  # its own segment
+            s.blobs.rotate()  # type: ignore[attr-defined]
+            with pytest.raises(StoreError, match="no space left"):
+                for _ in range(100):
+                    s.save_artifact(rng.random(25_000), "a")
+            for art in s.list_artifacts("a"):
+                s.delete_artifact(art)
+            s.delete_artifact(s.save_artifact(1, "x"))
+            report = s.gc()
+            assert report.segments_deleted >= 1
+            assert report.bytes_reclaimed > 4 << 20
+            arr = rng.random(25_000)
+            s.save_artifact(arr, "after")  # room again, nothing else freed
+            np.testing.assert_array_equal(s.load_artifact("after"), arr)
+            np.testing.assert_array_equal(s.load_artifact("keep"), keep.load())
+            assert s.verify().ok
+            # Fill the disk again, then make the segment holding "after" mostly dead.
+            with pytest.raises(StoreError, match="no space left"):
+                for _ in range(100):
+                    s.save_artifact(rng.random(25_000), "b")
+            for art in s.list_artifacts("b")[1:]:
+                s.delete_artifact(art)
+            report = s.gc()
+            assert report.segments_compacted == 0
+            assert any("not rewritten: that needs" in n for n in report.notes), report.notes
+            assert s.verify().ok
+            np.testing.assert_array_equal(s.load_artifact("after"), arr)
