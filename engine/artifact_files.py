@@ -41,13 +41,15 @@ def tree_clash(names: Iterable[str]) -> tuple[str, str] | None:
     as ``(file, file under it)``, or None. Such files cannot be laid out as a
     directory tree (``export_files``, ``self.uri``)."""
     files = set(names)
-    for name in sorted(files):
-        parts = name.split("/")
-        for i in range(1, len(parts)):
-            parent = "/".join(parts[:i])
-            if parent in files:
-                return parent, name
-    return None
+    clashes = []
+    for name in files:
+        cut = name.find("/")
+        while cut > 0:
+            if name[:cut] in files:
+                clashes.append((name[:cut], name))
+                break
+            cut = name.find("/", cut + 1)
+    return min(clashes) if clashes else None
 
 
 def check_tree(names: Iterable[str]) -> None:
