@@ -20,6 +20,7 @@ from engine.errors import (
     RunNotFoundError,
     StoreError,
     StoreFormatError,
+    StoreSecretError,
     UnhashableParameterError,
     UntrustedArtifactError,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreFormatError",
+    "StoreSecretError",
     "UnhashableParameterError",
     "UntrustedArtifactError",
     "active_store",

@@ -14,11 +14,12 @@ import hashlib
 import hmac
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
 from engine.chunks import ChunkStore, FileEntry, WriteSession
-from engine.errors import MaterializerError
+from engine.errors import MaterializerError, StoreSecretError
 
 COPY_BLOCK = 4 << 20
 
@@ -35,11 +36,44 @@ def check_name(name: str) -> str:
     return name
 
 
+def tree_clash(names: Iterable[str]) -> tuple[str, str] | None:
+    """A file name that is also a directory of another file (``a`` and ``a/b``),
+    as ``(file, file under it)``, or None. Such files cannot be laid out as a
+    directory tree (``export_files``, ``self.uri``)."""
+    files = set(names)
+    clashes = []
+    for name in files:
+        cut = name.find("/")
+        while cut > 0:
+            if name[:cut] in files:
+                clashes.append((name[:cut], name))
+                break
+            cut = name.find("/", cut + 1)
+    return min(clashes) if clashes else None
+
+
+def check_tree(names: Iterable[str]) -> None:
+    """Raise ``MaterializerError`` when one file name is a directory of another."""
+    clash = tree_clash(names)
+    if clash is not None:
+        raise MaterializerError(
+            f"artifact file {clash[0]!r} is also the directory of {clash[1]!r}; files cannot "
+            f"be both. Rename one (e.g. write {clash[0]!r} as '{clash[0]}.bin')"
+        )
+
+
 class _Signer:
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, secret_problem: str | None = None) -> None:
         self._secret = secret
+        self._secret_problem = secret_problem
 
     def sign(self, payload: bytes) -> str:
+        if self._secret_problem is not None:
+            # A signature under a throwaway key could never be verified later.
+            raise StoreSecretError(
+                f"refusing to sign a pickle: {self._secret_problem}. A pickle signed now "
+                "could never load; nothing was committed"
+            )
         return hmac.new(self._secret, payload, hashlib.sha256).hexdigest()
 
     def verify(self, payload: bytes, signature: str) -> bool:
@@ -59,8 +93,9 @@ class WriteFiles(_Signer):
         prefix: str = "",
         shared: dict[str, FileEntry] | None = None,
         state: dict[str, Any] | None = None,
+        secret_problem: str | None = None,
     ) -> None:
-        super().__init__(secret)
+        super().__init__(secret, secret_problem)
         self._session = session
         self._prefix = prefix
         self.entries: dict[str, FileEntry] = {} if shared is None else shared
@@ -101,6 +136,7 @@ class WriteFiles(_Signer):
             prefix=self._full(prefix) + "/",
             shared=self.entries,
             state=self.state,
+            secret_problem=self._secret_problem,
         )
         self._children.append(child)
         return child
@@ -111,9 +147,16 @@ class WriteFiles(_Signer):
         return str(self._stage)
 
     def finish(self) -> None:
-        """Ingest files staged in :meth:`local_dir` (and in sub-views), then clean up."""
+        """Ingest files staged in :meth:`local_dir` (and in sub-views), then clean
+        up; the whole artifact's names must form a tree (no file is another's
+        directory)."""
         for child in self._children:
             child.finish()
+        self._ingest()
+        if not self._prefix:
+            check_tree(self.entries)
+
+    def _ingest(self) -> None:
         stage, self._stage = self._stage, None
         if stage is None:
             return
@@ -212,8 +255,16 @@ class ReadFiles(_Signer):
 
     def export(self, target: Path) -> list[Path]:
         """Write every file under this view into ``target``, byte-exact."""
+        names = self.names()
+        clash = tree_clash(names)
+        if clash is not None:  # stored before save-time checks refused such names
+            raise MaterializerError(
+                f"{self.label} has a file {clash[0]!r} and a file {clash[1]!r} under it, so "
+                "its files cannot be written as a directory tree; read them one by one "
+                "(art.files, and the materializer's load)"
+            )
         out = []
-        for name in self.names():
+        for name in names:
             dest = target / name
             dest.parent.mkdir(parents=True, exist_ok=True)
             with self.open_read(name) as src, open(dest, "wb") as dst:

@@ -26,7 +26,7 @@ from engine.errors import (
 from engine.kv import KV, Txn
 from engine.log import Event, EventLog, unpack
 from engine.models import ArtifactVersion, Run, StepRun
-from engine.projections import counter, version_key
+from engine.projections import MAX_VERSION, MIN_VERSION, counter, version_key
 from engine.projections_runs import consumer_key, run_step_ids
 
 if TYPE_CHECKING:
@@ -35,10 +35,17 @@ if TYPE_CHECKING:
 
 def normalise_version(version: int | str | None) -> int | str | None:
     """Versions are ints or labels; a label of digits means that integer."""
-    if version is None or (isinstance(version, int) and not isinstance(version, bool)):
+    if isinstance(version, str) and version.isdigit():
+        version = int(version)
+    if version is None or (isinstance(version, str) and version):
         return version
-    if isinstance(version, str) and version:
-        return int(version) if version.isdigit() else version
+    if isinstance(version, int) and not isinstance(version, bool):
+        if not MIN_VERSION <= version <= MAX_VERSION:
+            raise InvalidArgumentError(
+                f"version {version} is out of range: integer versions lie between "
+                f"{MIN_VERSION} and {MAX_VERSION}; use a smaller number or a string label"
+            )
+        return version
     raise InvalidArgumentError(
         f"invalid version {version!r}: use an int, a non-empty string, or None for the latest"
     )
@@ -200,28 +207,40 @@ class Catalog:
 
         if rec["deleted"] is not None:
             raise ArtifactNotFoundError(f"{self._label(rec)} was deleted; its bytes may be gone")
+        label = self._label(rec)
+        untrusted = bool(rec.get("untrusted", False))
+        # An imported artifact names classes an attacker may have chosen: resolve
+        # only known or allowed ones, never importing a module it names.
+        scope = registry.untrusted(label) if untrusted else contextlib.nullcontext()
+        with scope:
+            return self._load_resolved(rec, label, untrusted)
+
+    def _load_resolved(self, rec: dict[str, Any], label: str, untrusted: bool) -> Any:
+        from materializers import registry
+
         try:
             cls = registry.resolve(rec["materializer"])
         except MaterializerError:
             raise
         except Exception as e:
             raise MaterializerError(
-                f"cannot import materializer {rec['materializer']!r} for {self._label(rec)}: "
+                f"cannot import materializer {rec['materializer']!r} for {label}: "
                 f"{e}. Install the package that defines it, or register an alias."
             ) from e
         if int(rec["materializer_version"]) > int(getattr(cls, "VERSION", 1)):
             warnings.warn(
-                f"{self._label(rec)} was written by {rec['materializer']} version "
+                f"{label} was written by {rec['materializer']} version "
                 f"{rec['materializer_version']}, newer than the installed version {cls.VERSION}",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         try:
             data_type = registry.import_topic(rec["data_type"])
         except Exception:
+            if untrusted:
+                raise
             data_type = object
         files = self._files(rec)
-        label = self._label(rec)
         try:
             return cls(files).load(data_type)
         except (UntrustedArtifactError, MaterializerError) as e:

@@ -18,10 +18,10 @@ from __future__ import annotations
 import io
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import xxhash
@@ -37,6 +37,8 @@ INLINE_MAX = 2048
 SAMPLE = 32 << 10
 INLINE_POOL_MAX = 64 << 10  # chunks this small are encoded in the writing thread
 MIN_SAVING = 0.9  # store raw when compressed/raw is above this
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -272,6 +274,30 @@ class WriteSession:
             held, self.held = self.held, []
         if held:
             self.store.blobs.release(held)
+
+    def __enter__(self) -> WriteSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def put_chunks(self, chunks: Iterable[tuple[T, Any]]) -> Iterator[tuple[T, bytes]]:
+        """Hash, compress and store each ``(tag, bytes)`` chunk, several at once in
+        the pool (a bounded window in flight); yields ``(tag, digest)`` in order."""
+        window = max(2, self.store.workers * 2)
+        inflight: deque[tuple[T, Future[tuple[bytes, int, Any, int]]]] = deque()
+        for tag, data in chunks:
+            mv = memoryview(data)
+            if not inflight and len(mv) <= INLINE_POOL_MAX:
+                yield tag, self._store(self._encode(mv))
+                continue
+            while len(inflight) >= window:
+                done, job = inflight.popleft()
+                yield done, self._store(job.result())
+            inflight.append((tag, self.store.pool.submit(self._encode, mv)))
+        while inflight:
+            done, job = inflight.popleft()
+            yield done, self._store(job.result())
 
     def writer(self, name: str, on_close: Callable[[FileEntry], None]) -> ChunkWriter:
         return ChunkWriter(self, name, on_close)

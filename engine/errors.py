@@ -48,6 +48,11 @@ class StoreError(ArtledgerError):
     """The store cannot be opened or used: bad path, newer format, closed, read-only."""
 
 
+class StoreSecretError(StoreError):
+    """The store's secret (the key that signs pickles) is missing, truncated or
+    replaced, so a pickle can be neither signed nor verified until it is restored."""
+
+
 class StoreFormatError(StoreError):
     """The store was written by a newer (or unknown) on-disk format version."""
 

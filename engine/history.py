@@ -24,23 +24,18 @@ if TYPE_CHECKING:
 
 
 def _seq_at(store: Store, when: _dt.datetime) -> int:
+    """The log as it was at ``when``: its longest prefix stamped no later."""
     if when.tzinfo is None:
         when = when.astimezone()
     target = int(when.timestamp() * 1e9)
-    lo, hi = 0, store.head
     txn = store.kv.read()
     try:
-        log = store.log
-        while lo < hi:  # last seq whose ts <= target (timestamps are non-decreasing)
-            mid = (lo + hi + 1) // 2
-            ev = next(log.read(txn, mid, mid + 1))
-            if ev.ts <= target:
-                lo = mid
-            else:
-                hi = mid - 1
+        seq, found_ordered = store.log.seq_at(txn, target)
     finally:
         store.kv.end_read(txn)
-    return lo
+    if found_ordered:  # an old log, checked once: binary search from now on
+        store.kv.write(store.log.mark_ordered)
+    return seq
 
 
 class HistoricalView(Catalog):

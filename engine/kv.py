@@ -103,6 +103,10 @@ class KV(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
 
+    def reserve(self, nbytes: int) -> None:  # noqa: B027 - optional hook
+        """Make room now for a write of about ``nbytes`` (a hint: LMDB grows its
+        map at once instead of retrying a large transaction at each doubling)."""
+
 
 def _prefix_stop(prefix: bytes) -> bytes | None:
     """The smallest key greater than every key starting with ``prefix``."""
@@ -427,6 +431,17 @@ class LmdbKV(KV):
         """Double the map size (called when a write transaction fills it)."""
         size = int(self.env.info()["map_size"])
         self.env.set_mapsize(size * 2)
+
+    def reserve(self, nbytes: int) -> None:
+        with self._write_lock:
+            info = self.env.info()
+            used = (int(info["last_pgno"]) + 1) * int(self.env.stat()["psize"])
+            size = int(info["map_size"])
+            target = size
+            while target < used + nbytes:
+                target *= 2
+            if target != size:
+                self.env.set_mapsize(target)
 
     def close(self) -> None:
         if self._closed:

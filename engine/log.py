@@ -8,6 +8,15 @@ breaks the chain at the next event or at the head hash kept in ``meta``.
 
 Records carry a schema version ``v``; :func:`register_upcaster` lets an old
 version be read as the current one. Events are never updated or deleted.
+
+Timestamps never decrease along the log after its first event: an event is
+stamped ``max(now, the last event's ts)`` (a clock stepping back, or an
+imported event stamped ahead, never puts a later event before an earlier one
+in time). The first event, ``store.created``, is the exception: history
+imported into a new store keeps its own, older, timestamps after it.
+``meta`` keeps ``ts_order`` = (last ts, the seq up to which the log is known
+to be ordered), so appending costs one ``get``; logs written by older
+versions may be out of order, which :meth:`EventLog.seq_at` handles.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from engine.kv import Txn
 
 GENESIS = b"\x00" * 16
 _SEQ = struct.Struct(">Q")
+_TS_ORDER = struct.Struct(">QQ")
 
 # Current schema version of each event type. Types absent here are version 1.
 SCHEMA_VERSIONS: dict[str, int] = {}
@@ -123,13 +133,37 @@ class EventLog:
     def head_hash(self, txn: Txn) -> bytes:
         return txn.get("meta", b"head_hash") or GENESIS
 
+    def ts_order(self, txn: Txn) -> tuple[int, int]:
+        """(the floor for the next event's ts: the last event's, or 0 while the
+        log holds only ``store.created``; the seq up to which timestamps are
+        known to be non-decreasing from event 2). A log from before
+        ``ts_order`` was kept reports its head event's ts and 0 (unknown) until
+        :meth:`seq_at` checks it."""
+        raw = txn.get("meta", b"ts_order")
+        if raw is not None:
+            last, ordered = _TS_ORDER.unpack(raw)
+            return int(last), int(ordered)
+        head = self.head(txn)
+        if head <= 1:
+            return 0, head
+        raw = txn.get("events", seq_key(head))
+        return (0 if raw is None else decode(head, raw).ts), 0
+
+    def _set_ts_order(self, txn: Txn, head_before: int, seq: int, last: int) -> None:
+        _, ordered = self.ts_order(txn)
+        if ordered == head_before:  # ordered so far, and appends keep it so
+            ordered = seq
+        txn.put("meta", b"ts_order", _TS_ORDER.pack(last if seq > 1 else 0, ordered))
+
     def append(
         self, txn: Txn, records: Iterable[tuple[str, dict[str, Any]]], *, ts: int | None = None
     ) -> list[Event]:
-        """Append ``(type, data)`` records as the next events, in order."""
-        seq = self.head(txn)
+        """Append ``(type, data)`` records as the next events, in order, stamped
+        ``max(ts or now, the last event's ts)``."""
+        head = seq = self.head(txn)
         prev = self.head_hash(txn)
-        now = time.time_ns() if ts is None else ts
+        last, _ = self.ts_order(txn)
+        now = max(time.time_ns() if ts is None else ts, last)
         out: list[Event] = []
         for etype, data in records:
             seq += 1
@@ -141,20 +175,24 @@ class EventLog:
         if out:
             txn.put("meta", b"head_seq", seq_key(seq))
             txn.put("meta", b"head_hash", prev)
+            self._set_ts_order(txn, head, seq, now)
         return out
 
     def append_raw(self, txn: Txn, envelopes: Iterable[dict[str, Any]]) -> list[Event]:
-        """Append already-built envelopes (import, replay ``--into``), re-chained here."""
-        seq = self.head(txn)
+        """Append already-built envelopes (import, replay ``--into``), re-chained
+        here; a timestamp earlier than the event before it is raised to that."""
+        head = seq = self.head(txn)
         prev = self.head_hash(txn)
+        last, _ = self.ts_order(txn)
         out: list[Event] = []
         for env in envelopes:
             seq += 1
+            last = max(int(env["ts"]), last)
             raw = pack(
                 {
                     "type": env["type"],
                     "v": env["v"],
-                    "ts": env["ts"],
+                    "ts": last,
                     "data": env["data"],
                     "prev": prev,
                 }
@@ -165,7 +203,62 @@ class EventLog:
         if out:
             txn.put("meta", b"head_seq", seq_key(seq))
             txn.put("meta", b"head_hash", prev)
+            self._set_ts_order(txn, head, seq, last)
         return out
+
+    def seq_at(self, txn: Txn, ts: int) -> tuple[int, bool]:
+        """The last seq of the longest prefix of the log whose events are all
+        stamped ``<= ts``: the log as it was at that time (``store.created``
+        only counts when nothing follows it in that prefix, since history
+        imported into a new store may be older). Also whether a linear check found the
+        whole log ordered (the caller may record that with :meth:`mark_ordered`).
+
+        Binary search over the part known to be ordered; a linear scan of the
+        rest only for a log written before timestamps were kept in order (and,
+        once it is found ordered and marked, never again)."""
+        head = self.head(txn)
+        _, ordered = self.ts_order(txn)
+        ordered = min(ordered, head)
+        lo, hi = min(head, 1), max(ordered, 1)  # last seq in 2..ordered stamped <= ts
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._ts(txn, mid) <= ts:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo < ordered or ordered >= head:
+            return self._first(txn, lo, ts), False
+        found: int | None = None
+        prev_ts = self._ts(txn, ordered) if ordered > 1 else 0
+        monotonic = True
+        for seq, raw in self.read_raw(txn, max(ordered + 1, 2)):
+            t = decode(seq, raw).ts
+            if found is None and t > ts:
+                found = seq - 1
+            if t < prev_ts:
+                monotonic = False
+                if found is not None:
+                    break
+            prev_ts = t
+        return self._first(txn, head if found is None else found, ts), monotonic
+
+    def _first(self, txn: Txn, seq: int, ts: int) -> int:
+        """``seq``, except that ``store.created`` alone counts only once it happened."""
+        if seq == 1 and self._ts(txn, 1) > ts:
+            return 0
+        return seq
+
+    def mark_ordered(self, txn: Txn) -> None:
+        """Record that the log was found non-decreasing in time (by
+        :meth:`seq_at`); events appended since were stamped in order."""
+        last, _ = self.ts_order(txn)
+        txn.put("meta", b"ts_order", _TS_ORDER.pack(last, self.head(txn)))
+
+    def _ts(self, txn: Txn, seq: int) -> int:
+        raw = txn.get("events", seq_key(seq))
+        if raw is None:
+            raise IntegrityError(f"event {seq} is missing from the log; run `artledger verify`")
+        return decode(seq, raw).ts
 
     def read(self, txn: Txn, start: int = 1, stop: int | None = None) -> Iterator[Event]:
         """Events with ``start <= seq < stop`` (``stop`` exclusive, like ``range``)."""

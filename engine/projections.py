@@ -123,12 +123,17 @@ def bump(txn: Txn, name: str, delta: int) -> None:
     key = name.encode()
     raw = txn.get("counters", key)
     value = (0 if raw is None else int(_Q.unpack(raw)[0])) + delta
-    txn.put("counters", key, _Q.pack(max(value, 0)))
+    txn.put("counters", key, _Q.pack(min(max(value, 0), 2**64 - 1)))
 
 
 def counter(txn: Txn, name: str) -> int:
     raw = txn.get("counters", name.encode())
     return 0 if raw is None else int(_Q.unpack(raw)[0])
+
+
+# Integer versions: int64, with room for the next one in ``name_meta``.
+MIN_VERSION = -(2**63)
+MAX_VERSION = 2**63 - 2
 
 
 def version_key(name: str, version: int | str) -> bytes:

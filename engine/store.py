@@ -37,11 +37,19 @@ from engine.errors import (
     MaterializerError,
     StoreError,
     StoreFormatError,
+    StoreSecretError,
 )
 from engine.kv import KV, LmdbKV, MemoryKV, Txn
 from engine.log import Event, EventLog
 from engine.models import ArtifactVersion, Run
-from engine.projections import PROJECTION_DBS, apply, fold, next_version, version_key
+from engine.projections import (
+    MAX_VERSION,
+    PROJECTION_DBS,
+    apply,
+    fold,
+    next_version,
+    version_key,
+)
 
 if TYPE_CHECKING:
     from engine.history import HistoricalView
@@ -234,7 +242,8 @@ class Store(Catalog):
         if problem is None and fp is not None and fp != _fingerprint(self._secret):
             problem = (
                 f"the store secret {self.path}/secret does not match the one this store was "
-                "created with (replaced or altered): pickled artifacts will not load"
+                "created with (replaced or altered): pickled artifacts will neither load nor "
+                "save; restore the original file from a backup and reopen the store"
             )
         self._secret_problem = problem
 
@@ -383,7 +392,7 @@ class Store(Catalog):
         cls = materializer or registry.materializer_for(type(obj))
         ident = registry.identity(cls)
         session = session or self.chunks.session()
-        files = WriteFiles(session, self._secret)
+        files = WriteFiles(session, self._secret, secret_problem=self._secret_problem)
         meta_job: Future[Any] | None = None
         try:
             m = cls(files)
@@ -392,6 +401,9 @@ class Store(Catalog):
                 meta_job = _side_pool().submit(m.extract_metadata, obj)
             m.save(obj)
             files.finish()
+        except StoreSecretError as e:
+            files.discard()
+            raise StoreSecretError(f"artifact {name!r}: {e}") from None
         except ArtledgerError:
             files.discard()
             session.release()
@@ -417,7 +429,7 @@ class Store(Catalog):
         meta = plain(extracted or {}, where=f"metadata extracted by {ident}")
         meta.update({"size": size, "content_hash": chash, "materializer": ident})
         vis: list[list[Any]] = []
-        vfiles = WriteFiles(session, self._secret)
+        vfiles = WriteFiles(session, self._secret, secret_problem=self._secret_problem)
         vm = cls(vfiles)
         vm.metadata = extracted if isinstance(extracted, dict) else None
         kinds = _safe_call(vm.save_visualizations, obj, f"{ident}.save_visualizations")
@@ -459,6 +471,11 @@ class Store(Catalog):
             v = p.requested_version
             if v is None:
                 v = nxt
+                if v > MAX_VERSION:
+                    raise InvalidArgumentError(
+                        f"artifact {name!r} has used up its integer versions (the last is "
+                        f"{v - 1}); give this one a string version"
+                    )
             elif (name, v) in taken or txn.get("versions", version_key(name, v)) is not None:
                 raise InvalidArgumentError(
                     f"artifact {name!r} already has version {v!r}; pick another or omit version="
@@ -755,15 +772,15 @@ def _load_secret(root: Path, *, create: bool) -> tuple[bytes, str | None]:
         data = path.read_bytes()
     except FileNotFoundError:
         return secrets.token_bytes(32), (
-            f"the store secret {path} is missing: pickled artifacts will not load; "
-            "restore the file from a backup"
+            f"the store secret {path} is missing: pickled artifacts will neither load nor "
+            "save; restore the file from a backup and reopen the store"
         )
     except OSError as e:
         raise StoreError(f"cannot read the store secret {path}: {e}") from e
     if len(data) < 16:
         return secrets.token_bytes(32), (
-            f"the store secret {path} is truncated: pickled artifacts will not load; "
-            "restore the file from a backup"
+            f"the store secret {path} is truncated: pickled artifacts will neither load nor "
+            "save; restore the file from a backup and reopen the store"
         )
     return data, None
 

@@ -24,28 +24,37 @@ Stream format, version 1 (all integers big-endian)::
   preamble and the ``check`` of every frame before the trailer.
 
 Import validates everything before anything is visible, and before any
-chunk is written: preamble and version, every frame checksum, the trailer,
-each event's schema (known type, required fields and their types), manifest
-file names (relative, no ``..``, no NUL), sizes (a manifest's declared sizes
-against its chunks, caps against absurd values), every chunk's key and every
-file's hash recomputed, references between events. Then the files are
-written through the destination's chunk store (re-addressed under its seed,
-deduplicated against what it holds) and the events are appended after its
-head (re-chained) and folded, in one transaction: all or nothing.
+chunk is written (``engine.transfer_scan``, one streaming pass): preamble and
+version, every frame checksum, the trailer, each event's schema (known type,
+required fields and their types; integer versions within int64; timestamps no
+more than ``MAX_CLOCK_SKEW_NS``, five minutes, past this machine's clock),
+manifest file names (relative, no ``..``, no NUL, no file that is also the
+directory of another), sizes (a manifest's declared sizes against its
+chunks, caps against absurd values), every chunk's key and every file's hash
+recomputed (each distinct file once, within a hashing budget proportional to
+the stream's size), references between events. Then the files are written
+through the destination's chunk store (re-addressed under its seed and chunk
+size, deduplicated against what it holds; each distinct chunk read, hashed
+and written once however often it is referenced) and the events are read
+again, appended after its head (re-chained) and folded in batches, in one
+transaction: all or nothing. Memory holds ids, names and the chunk index,
+never the events.
 
 Identity: the ids of artifacts, runs and step runs travel with the stream.
 Importing a stream whose ids are all present already is a no-op (reported as
 ``already_imported``); a stream sharing only some ids with the destination is
 refused. Integer versions of a name the destination already has are shifted
 past its versions; a clashing string label is refused. Timestamps are kept,
-but never older than the destination's last event before the import (the
-log's time order is what ``as_of(datetime)`` relies on). The source's
-``store.created`` event is not imported.
+but never older than the destination's last event (the log's timestamps never
+decrease, see ``engine.log``). The source's ``store.created`` event is not
+imported.
 
-Pickles: a signature made under the source store's secret does not hold in
-the destination. Imported artifact versions are marked ``untrusted`` (their
-pickles refuse to load) unless ``trust_pickles``, in which case every pickle
-is signed again with the destination's secret.
+Pickles and classes: a signature made under the source store's secret does
+not hold in the destination. Imported artifact versions are marked
+``untrusted`` — their pickles refuse to load, and loading them imports no
+module they name (``materializers.registry``: only classes already known or
+allowed) — unless ``trust_pickles``, in which case every pickle is signed
+again with the destination's secret and the versions load like local ones.
 
 The stream is checksummed, not signed: it detects damage and truncation,
 and everything in it is validated as untrusted input.
@@ -58,6 +67,7 @@ import hashlib
 import io
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -72,23 +82,22 @@ from engine.errors import (
     ImportValidationError,
     MaterializerError,
     StoreError,
+    StoreSecretError,
 )
 from engine.kv import Txn
-from engine.log import SCHEMA_VERSIONS, Event, pack
-from engine.projections import apply, next_version, version_key
+from engine.log import SCHEMA_VERSIONS, pack
+from engine.projections import MAX_VERSION, apply, next_version, version_key
+from engine.transfer_chunks import Rechunker
+from engine.transfer_scan import Plan, scan
 from engine.transfer_stream import (
     FORMAT,
     MAGIC,
     PREAMBLE,
-    Plan,
+    ChunkSource,
     Progress,
-    Stream,
     Writer,
     absent_key,
-    bad,
-    chunk_reader,
-    read_stream,
-    validate,
+    manifests,
 )
 
 if TYPE_CHECKING:
@@ -306,14 +315,15 @@ class StreamFiles:
 
     def __init__(
         self,
-        f: IO[bytes],
-        s: Stream,
+        source: ChunkSource,
         entries: dict[str, FileEntry],
         state: dict[str, Any],
         secret: bytes,
+        secret_problem: str | None,
         prefix: str = "",
     ) -> None:
-        self._f, self._s, self._entries, self._secret = f, s, entries, secret
+        self._source, self._entries = source, entries
+        self._secret, self._secret_problem = secret, secret_problem
         self.state = state
         self._prefix = prefix
 
@@ -324,7 +334,7 @@ class StreamFiles:
         entry = self._entries.get(self._prefix + name)
         if entry is None:
             raise FileNotFoundError(name)
-        return io.BytesIO(b"".join(chunk_reader(self._f, self._s, entry.chunks)))
+        return io.BytesIO(b"".join(self._source.get(k) for k in entry.chunks))
 
     def names(self) -> list[str]:
         n = len(self._prefix)
@@ -335,7 +345,12 @@ class StreamFiles:
 
     def sub(self, prefix: str) -> StreamFiles:
         return StreamFiles(
-            self._f, self._s, self._entries, self.state, self._secret, self._prefix + prefix + "/"
+            self._source,
+            self._entries,
+            self.state,
+            self._secret,
+            self._secret_problem,
+            self._prefix + prefix + "/",
         )
 
     def local_dir(self) -> str:
@@ -344,6 +359,11 @@ class StreamFiles:
     def sign(self, payload: bytes) -> str:
         import hmac
 
+        if self._secret_problem is not None:
+            raise StoreSecretError(
+                f"cannot sign the imported pickles (trust_pickles): {self._secret_problem}; "
+                "nothing was imported"
+            )
         return hmac.new(self._secret, payload, hashlib.sha256).hexdigest()
 
     def verify(self, payload: bytes, signature: str) -> bool:
@@ -369,18 +389,30 @@ def _preflight(store: Store, plan: Plan, txn: Txn) -> tuple[bool, str | None]:
 
 
 def _renumber(txn: Txn, plan: Plan) -> dict[str, int]:
-    """Version shift per name the destination already has (raises on a label clash)."""
+    """Version shift per name the destination already has (raises on a label
+    clash, or when a shifted version would leave the integer range)."""
     shifts: dict[str, int] = {}
-    for d in plan.artifacts.values():
-        name, v = d["name"], d["version"]
-        if name not in shifts:
-            shifts[name] = next_version(txn, name) - 1
-        if isinstance(v, str) and txn.get("versions", version_key(name, v)) is not None:
+    for name, info in plan.names.items():
+        shift = next_version(txn, name) - 1
+        if shift and info.max_int is not None and info.max_int + shift > MAX_VERSION:
             raise ImportValidationError(
-                f"the destination already has {name}:{v} (a version label the stream also "
-                "uses); nothing was imported. Rename the label in one of the stores"
+                f"{plan.path}: {name}:{info.max_int} would become version "
+                f"{info.max_int + shift} after the destination's versions, past the largest "
+                f"integer version ({MAX_VERSION}); nothing was imported"
             )
-    return {k: v for k, v in shifts.items() if v}
+        for label in info.labels:
+            if txn.get("versions", version_key(name, label)) is not None:
+                raise ImportValidationError(
+                    f"the destination already has {name}:{label} (a version label the stream "
+                    "also uses); nothing was imported. Rename the label in one of the stores"
+                )
+        if shift:
+            shifts[name] = shift
+    return shifts
+
+
+APPEND_BATCH = 1024
+LEDGER_BYTES_PER_EVENT_BYTE = 4  # events, projections and B-tree slack, measured: ~3
 
 
 def import_stream(
@@ -395,6 +427,11 @@ def import_stream(
     """Validate the stream at ``path`` completely, then import it into ``store``
     in one transaction (see the module docstring for the rules).
 
+    Memory stays bounded by the stream's ids and chunk index, not its events:
+    one pass validates, a second writes the chunks, a third (inside the
+    transaction) appends and folds the events in batches, each pass reading
+    the events again from the file.
+
     ``preserve_trust`` keeps the events' own trust marks and signatures (for a
     copy that shares the source's secret, ``replay --into``); ``allow_absent``
     accepts live artifact versions whose chunks the source no longer held."""
@@ -403,9 +440,8 @@ def import_stream(
     t0 = time.perf_counter()
     src = Path(path)
     report = ImportReport(src)
-    stream = read_stream(src, progress)
-    plan = validate(stream, allow_absent=allow_absent, progress=progress)
-    report.chunks_in_stream = len(stream.chunks)
+    plan = scan(src, allow_absent=allow_absent, check_clock=not preserve_trust, progress=progress)
+    report.chunks_in_stream = len(plan.chunks)
     store.flush()
     with store._read() as txn:
         everything, clash = _preflight(store, plan, txn)
@@ -421,105 +457,115 @@ def import_stream(
             "it (a partial overlap, e.g. another export of the same source); nothing was "
             "imported. Import into a store that has none of it"
         )
-    # Write the files through the destination's chunk store (re-addressed, deduplicated).
+    from materializers.cloudpickle_materializer import resign_pickles
+
+    resign = trust_pickles and not preserve_trust
     session = store.chunks.session()
-    written: dict[tuple[str, int, str, tuple[bytes, ...]], list[Any]] = {}
-    datas: dict[str, dict[str, Any]] = {}
-    n_done = 0
-    with open(src, "rb") as f:
-        for aid, d in plan.artifacts.items():
-            d = dict(d)
-            if aid in plan.complete:
+    resigned: dict[str, dict[str, Any]] = {}  # artifact id -> its state, signed again
+    with session, ChunkSource(src, plan.chunks) as source, open(src, "rb") as f:
+        chunks = Rechunker(session, source, store.chunks.chunk_size)
 
-                def rewrite(frec: list[Any], f: IO[bytes] = f) -> list[Any]:
-                    entry = FileEntry.from_record(frec)
-                    sig = (entry.name, entry.size, entry.hash, tuple(entry.chunks))
-                    if sig not in written:
-                        got: list[FileEntry] = []
-                        with session.writer(entry.name, got.append) as out:
-                            for data in chunk_reader(f, stream, entry.chunks):
-                                out.write(data)
-                        new = got[0]
-                        if (new.size, new.hash) != (entry.size, entry.hash):
-                            raise bad(src, f"file {entry.name!r} changed while being imported")
-                        written[sig] = new.to_record()
-                    return written[sig]
-
-                if trust_pickles and not preserve_trust:
-                    from materializers.cloudpickle_materializer import resign_pickles
-
+        def files() -> Iterator[FileEntry]:
+            n_done = 0
+            for e in plan.read_events(f, written_only=True):
+                d = e.data
+                n_done += 1
+                if d["id"] in plan.incomplete:
+                    continue
+                if resign:
                     state = _deep_copy(d["state"])
                     entries = {r[0]: FileEntry.from_record(r) for r in d["files"]}
-                    files = StreamFiles(f, stream, entries, state, store._secret)
-                    report.resigned += resign_pickles(files)
-                    d["state"] = state
-                d["files"] = [rewrite(r) for r in d["files"]]
-                d["visualizations"] = [[v[0], v[1], rewrite(v[2])] for v in d["visualizations"]]
-                report.logical_bytes += int(d["size"])
+                    sf = StreamFiles(source, entries, state, store._secret, store._secret_problem)
+                    signed = resign_pickles(sf)
+                    if signed:
+                        resigned[d["id"]] = state
+                        report.resigned += signed
+                for frec in manifests(d):
+                    yield FileEntry.from_record(frec)
+                if progress is not None and n_done % 64 == 0:
+                    progress("write", n_done, len(plan.written_at))
+
+        chunks.write(files())
+        if progress is not None:
+            progress("write", len(plan.written_at), len(plan.written_at))
+        ends = store.blobs.flush(session.held)
+        failpoints.hit("import.after_chunks")
+
+        def finish(d: dict[str, Any], shifts: dict[str, int]) -> dict[str, Any]:
+            d = dict(d)
+            aid = d["id"]
+            if aid not in plan.incomplete:
+                if aid in resigned:
+                    d["state"] = resigned[aid]
+                d["files"] = [chunks.record(r) for r in d["files"]]
+                d["visualizations"] = [
+                    [v[0], v[1], chunks.record(v[2])] for v in d["visualizations"]
+                ]
             if not preserve_trust:
                 if trust_pickles:
                     d.pop("untrusted", None)
                 else:
                     d["untrusted"] = True
-            if d.get("untrusted"):
-                report.untrusted += 1
-            datas[aid] = d
-            n_done += 1
-            if progress is not None:
-                progress("write", n_done, len(plan.artifacts))
-    ends = store.blobs.flush(session.held)
-    failpoints.hit("import.after_chunks")
+            shift = shifts.get(d["name"], 0)
+            if shift and isinstance(d["version"], int):
+                d["version"] += shift
+            return d
 
-    def fn(txn: Txn) -> list[Event]:
-        _, clash = _preflight(store, plan, txn)
-        if clash is not None:
-            raise ImportValidationError(
-                f"{src}: {clash} appeared in the destination during the import; "
+        def fn(txn: Txn) -> tuple[int, int, int, int, dict[str, int]]:
+            _, clash = _preflight(store, plan, txn)
+            if clash is not None:
+                raise ImportValidationError(
+                    f"{src}: {clash} appeared in the destination during the import; "
+                    "nothing was imported, retry"
+                )
+            shifts = _renumber(txn, plan)
+            store._index(txn, session)
+            record_segment_ends(txn, ends)
+            first = last = untrusted = logical = 0
+            batch: list[dict[str, Any]] = []
+
+            def append() -> None:
+                nonlocal first, last
+                for ev in store.log.append_raw(txn, batch):
+                    apply(txn, ev)
+                    first, last = first or ev.seq, ev.seq
+                batch.clear()
+
+            for n, e in enumerate(plan.read_events(f), 1):
+                data = e.data
+                if e.type == "artifact.written":
+                    data = finish(data, shifts)
+                    untrusted += bool(data.get("untrusted"))
+                    if data["id"] not in plan.incomplete:
+                        logical += int(data["size"])
+                v = SCHEMA_VERSIONS.get(e.type, 1)
+                batch.append({"type": e.type, "v": v, "ts": e.ts, "data": data})
+                if len(batch) >= APPEND_BATCH:
+                    append()
+                if progress is not None and n % 4096 == 0:
+                    progress("append", n, plan.events)
+            append()
+            failpoints.hit("import.in_txn")
+            return first, last, untrusted, logical, shifts
+
+        store.kv.reserve(LEDGER_BYTES_PER_EVENT_BYTE * plan.event_bytes)
+        try:
+            first, last, untrusted, logical, shifts = store.kv.write(fn)
+        except _ChunkGoneError as e:
+            raise StoreError(
+                f"chunk {e.args[0].hex()} was collected by a concurrent gc during the import; "
                 "nothing was imported, retry"
-            )
-        shifts = _renumber(txn, plan)
-        head = store.log.head(txn)
-        floor = 0
-        if head > 1:
-            floor = next(store.log.read(txn, head, head + 1)).ts
-        envs: list[dict[str, Any]] = []
-        for e in plan.events:
-            data = e.data
-            if e.type == "artifact.written":
-                data = datas[data["id"]]
-                shift = shifts.get(data["name"], 0)
-                if shift and isinstance(data["version"], int):
-                    data = {**data, "version": data["version"] + shift}
-            floor = max(floor, e.ts)
-            envs.append(
-                {"type": e.type, "v": SCHEMA_VERSIONS.get(e.type, 1), "ts": floor, "data": data}
-            )
-        store._index(txn, session)
-        record_segment_ends(txn, ends)
-        out = store.log.append_raw(txn, envs)
-        for ev in out:
-            apply(txn, ev)
-        report.renumbered = shifts
-        failpoints.hit("import.in_txn")
-        return out
-
-    try:
-        out = store.kv.write(fn)
-    except _ChunkGoneError as e:
-        raise StoreError(
-            f"chunk {e.args[0].hex()} was collected by a concurrent gc during the import; "
-            "nothing was imported, retry"
-        ) from None
-    finally:
-        session.release()
+            ) from None
     failpoints.hit("import.after_commit")
-    report.events = len(out)
+    report.events = plan.events
     report.artifacts = len(plan.artifacts)
     report.runs = len(plan.run_ids)
+    report.renumbered = shifts
+    report.untrusted = untrusted
+    report.logical_bytes = logical
     report.chunks_written = len(session.new)
     report.bytes_written = sum(r.stored_len for r in session.new.values())
-    if out:
-        report.first_seq, report.last_seq = out[0].seq, out[-1].seq
+    report.first_seq, report.last_seq = first, last
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -1,9 +1,8 @@
-"""The export stream's format: framing, checksums, event schemas and validation.
+"""The export stream's format: framing, checksums, event schemas, chunk access.
 
-See :mod:`engine.transfer` for the format and the rules an import enforces.
-Nothing here touches a store: :func:`read_stream` checks the framing of a
-file and :func:`validate` everything else, so a stream is judged completely
-before an import writes anything.
+See :mod:`engine.transfer` for the format and the rules an import enforces,
+and :mod:`engine.transfer_scan` for the validating pass. Nothing here
+touches a store.
 """
 
 from __future__ import annotations
@@ -12,17 +11,15 @@ import hashlib
 import os
 import re
 import struct
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 import msgpack
 import xxhash
 
-from engine.artifact_files import check_name
-from engine.chunks import FileEntry, content_hash
-from engine.errors import ArtledgerError, ImportValidationError, MaterializerError
+from engine.errors import ArtledgerError, ImportValidationError
 from engine.log import Event, upcast
 from engine.projections import HANDLERS
 
@@ -37,6 +34,10 @@ MAX_HEADER = 1 << 20
 MAX_FILE = 1 << 46
 MAX_NAME = 512
 ABSENT_PERSON = b"artledger-absent"
+MAX_CLOCK_SKEW_NS = 5 * 60 * 10**9
+"""How far past the importing machine's clock an event may be stamped."""
+CHUNK_CACHE_BYTES = 64 << 20
+"""Chunk bytes an import keeps in memory for chunks referenced again soon."""
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -82,29 +83,20 @@ def manifests(data: dict[str, Any]) -> list[list[Any]]:
     return out
 
 
-# -- reading and validation ------------------------------------------------------------
+# -- reading ---------------------------------------------------------------------------
 
 
 def bad(path: Path, msg: str) -> ImportValidationError:
     return ImportValidationError(f"{path}: {msg}; nothing was imported")
 
 
-@dataclass
-class Stream:
-    path: Path
-    header: dict[str, Any]
-    events: list[dict[str, Any]]
-    chunks: dict[bytes, tuple[int, int]]  # key -> (offset of the bytes, length)
-    absent: set[bytes]
-
-
-def read_stream(path: Path, progress: Progress | None) -> Stream:
+def open_stream(path: Path) -> tuple[IO[bytes], bytes]:
+    """The stream file, positioned after its preamble (checked, and returned)."""
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below
+        f = open(path, "rb")  # noqa: SIM115 - the caller closes it
     except OSError as e:
         raise ImportValidationError(f"cannot read the export stream {path}: {e}") from e
-    with f:
-        total = os.fstat(f.fileno()).st_size
+    try:
         pre = f.read(PREAMBLE.size)
         if len(pre) != PREAMBLE.size:
             raise bad(path, "not an artledger export stream (too short)")
@@ -117,100 +109,71 @@ def read_stream(path: Path, progress: Progress | None) -> Stream:
                 f"stream format version {version} is not supported (this artledger reads "
                 f"version {FORMAT}); export it again with a matching artledger",
             )
-        running = xxhash.xxh3_128(pre)
-        header: dict[str, Any] | None = None
-        events: list[dict[str, Any]] = []
-        chunks: dict[bytes, tuple[int, int]] = {}
-        absent: set[bytes] = set()
-        trailer: dict[str, Any] | None = None
-        chunk_bytes = 0
-        pos = PREAMBLE.size
-        index = 0
-        while True:
-            head = f.read(FRAME.size)
-            if not head:
-                break
-            if trailer is not None:
-                raise bad(path, f"unexpected bytes after the trailer at offset {pos}")
-            if len(head) != FRAME.size:
-                raise bad(path, f"truncated: frame {index} at offset {pos} is cut off")
-            kind, n = FRAME.unpack(head)
-            cap = {ord("H"): MAX_HEADER, ord("T"): MAX_HEADER, ord("E"): MAX_EVENT}.get(
-                kind, MAX_CHUNK + 16
+    except BaseException:
+        f.close()
+        raise
+    return f, pre
+
+
+def frames(f: IO[bytes], path: Path) -> Iterator[tuple[int, int, int, bytes, bytes]]:
+    """``(index, offset, kind, payload, check)`` for each frame after the
+    preamble, every checksum verified; a trailer must be the last frame."""
+    total = os.fstat(f.fileno()).st_size
+    pos = PREAMBLE.size
+    index = 0
+    after_trailer = False
+    while True:
+        head = f.read(FRAME.size)
+        if not head:
+            return
+        if after_trailer:
+            raise bad(path, f"unexpected bytes after the trailer at offset {pos}")
+        if len(head) != FRAME.size:
+            raise bad(path, f"truncated: frame {index} at offset {pos} is cut off")
+        kind, n = FRAME.unpack(head)
+        if kind not in b"HTECA":
+            raise bad(path, f"frame {index} at offset {pos} has unknown kind {kind!r}")
+        cap = {ord("H"): MAX_HEADER, ord("T"): MAX_HEADER, ord("E"): MAX_EVENT}.get(
+            kind, MAX_CHUNK + 16
+        )
+        if n > cap:
+            raise bad(path, f"frame {index} at offset {pos} declares {n} bytes (limit {cap})")
+        if pos + FRAME.size + n + CHECK > total:
+            raise bad(path, f"truncated: frame {index} at offset {pos} runs past the end")
+        payload = f.read(n)
+        check = f.read(CHECK)
+        if len(payload) != n or len(check) != CHECK:
+            raise bad(path, f"truncated: frame {index} at offset {pos} is cut off")
+        h = xxhash.xxh3_128(head)
+        h.update(payload)
+        if h.digest() != check:
+            raise bad(
+                path, f"frame {index} at offset {pos} fails its checksum (damaged or altered)"
             )
-            if kind not in b"HTECA":
-                raise bad(path, f"frame {index} at offset {pos} has unknown kind {kind!r}")
-            if n > cap:
-                raise bad(path, f"frame {index} at offset {pos} declares {n} bytes (limit {cap})")
-            if pos + FRAME.size + n + CHECK > total:
-                raise bad(path, f"truncated: frame {index} at offset {pos} runs past the end")
+        after_trailer = kind == ord("T")
+        yield index, pos, kind, payload, check
+        pos += FRAME.size + n + CHECK
+        index += 1
+
+
+def frame_at(f: IO[bytes], path: Path, offset: int) -> tuple[bytes, bytes]:
+    """``(payload, check)`` of the event frame at ``offset``, read again for a
+    later pass; raises when it is no longer the frame validated there."""
+    f.seek(offset)
+    head = f.read(FRAME.size)
+    if len(head) == FRAME.size:
+        kind, n = FRAME.unpack(head)
+        if kind == ord("E") and n <= MAX_EVENT:
             payload = f.read(n)
             check = f.read(CHECK)
-            if len(payload) != n or len(check) != CHECK:
-                raise bad(path, f"truncated: frame {index} at offset {pos} is cut off")
             h = xxhash.xxh3_128(head)
             h.update(payload)
-            if h.digest() != check:
-                raise bad(
-                    path, f"frame {index} at offset {pos} fails its checksum (damaged or altered)"
-                )
-            if kind == ord("T"):
-                trailer = _unpack_map(path, payload, "trailer")
-                if trailer.get("hash") != running.hexdigest():
-                    raise bad(path, "the trailer's running hash does not match the stream")
-            else:
-                running.update(check)
-            if index == 0 and kind != ord("H"):
-                raise bad(path, "the first frame is not the stream header")
-            if kind == ord("H"):
-                if index != 0:
-                    raise bad(path, f"a second header at offset {pos}")
-                header = _unpack_map(path, payload, "header")
-                if header.get("format") != FORMAT:
-                    raise bad(path, f"header format {header.get('format')!r} is not {FORMAT}")
-            elif kind == ord("E"):
-                env = _unpack_map(path, payload, f"event {len(events) + 1}")
-                events.append(env)
-            elif kind in (ord("C"), ord("A")):
-                if n < 16 or (kind == ord("A") and n != 16):
-                    raise bad(path, f"chunk frame {index} at offset {pos} is malformed")
-                key = payload[:16]
-                if key in chunks or key in absent:
-                    raise bad(path, f"chunk {key.hex()} appears twice in the stream")
-                if kind == ord("A"):
-                    absent.add(key)
-                else:
-                    if xxhash.xxh3_128(memoryview(payload)[16:]).digest() != key:
-                        raise bad(path, f"chunk {key.hex()}: its bytes do not match its key")
-                    chunks[key] = (pos + FRAME.size + 16, n - 16)
-                    chunk_bytes += n - 16
-            pos += FRAME.size + n + CHECK
-            index += 1
-            if progress is not None and index % 256 == 0:
-                progress("read", pos, total)
-    if header is None:
-        raise bad(path, "empty stream (no header)")
-    if trailer is None:
-        raise bad(path, "truncated: the stream has no trailer")
-    want = (
-        trailer.get("events"),
-        trailer.get("chunks"),
-        trailer.get("absent"),
-        trailer.get("chunk_bytes"),
-    )
-    got = (len(events), len(chunks), len(absent), chunk_bytes)
-    if want != got:
-        raise bad(
-            path,
-            f"the trailer counts {want} do not match the stream's contents {got} "
-            "(events, chunks, absent chunks, chunk bytes)",
-        )
-    if progress is not None:
-        progress("read", total, total)
-    return Stream(path, header, events, chunks, absent)
+            if len(payload) == n and h.digest() == check:
+                return payload, check
+    raise bad(path, f"the event frame at offset {offset} changed while being imported")
 
 
-def _unpack_map(path: Path, payload: bytes, what: str) -> dict[str, Any]:
+def unpack_map(path: Path, payload: bytes, what: str) -> dict[str, Any]:
     try:
         obj = msgpack.unpackb(payload, raw=False, strict_map_key=False)
     except Exception as e:
@@ -218,6 +181,52 @@ def _unpack_map(path: Path, payload: bytes, what: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise bad(path, f"{what} is not a map")
     return obj
+
+
+class ChunkSource:
+    """The stream's chunks by key: read from the file and verified against
+    their keys, the most recent ones kept in memory (``CHUNK_CACHE_BYTES``), so
+    a chunk referenced many times in a row is read and verified once."""
+
+    def __init__(
+        self, path: Path, chunks: dict[bytes, tuple[int, int]], budget: int = CHUNK_CACHE_BYTES
+    ) -> None:
+        self.path = path
+        self.chunks = chunks
+        self.budget = budget
+        self.reads = 0
+        self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self._cached = 0
+
+    def get(self, key: bytes) -> bytes:
+        data = self._cache.get(key)
+        if data is not None:
+            self._cache.move_to_end(key)
+            return data
+        off, n = self.chunks[key]
+        self._f.seek(off)
+        data = self._f.read(n)
+        self.reads += 1
+        if len(data) != n or xxhash.xxh3_128(data).digest() != key:
+            raise bad(self.path, f"chunk {key.hex()} changed while being imported")
+        if n <= self.budget:
+            self._cache[key] = data
+            self._cached += n
+            while self._cached > self.budget:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= len(old)
+        return data
+
+    def close(self) -> None:
+        self._cache.clear()
+        self._f.close()
+
+    def __enter__(self) -> ChunkSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # -- event schemas -------------------------------------------------------------------
@@ -265,12 +274,20 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
 _ID_MAPS = {"step.completed": ("inputs", "outputs"), "step.cached": ("inputs", "outputs")}
 
 
-def known_types() -> set[str]:
+_known: tuple[int, frozenset[str]] = (-1, frozenset())
+
+
+def known_types() -> frozenset[str]:
     """Event types an import accepts: those with a schema here or a fold function."""
-    return set(SCHEMAS) | set(HANDLERS) | {"store.created"}
+    global _known
+    if _known[0] != len(HANDLERS):
+        _known = (len(HANDLERS), frozenset(SCHEMAS) | set(HANDLERS) | {"store.created"})
+    return _known[1]
 
 
-def _check_event(path: Path, i: int, env: dict[str, Any]) -> Event:
+def check_event(path: Path, i: int, env: dict[str, Any], *, max_ts: int | None) -> Event:
+    """Event ``i`` of the stream, its envelope and data checked against the
+    schema (and upcast); ``max_ts``: the latest timestamp accepted."""
     where = f"event {i} of the stream"
     etype, v, ts, data = env.get("type"), env.get("v"), env.get("ts"), env.get("data")
     if set(env) != {"type", "v", "ts", "data"}:
@@ -281,6 +298,14 @@ def _check_event(path: Path, i: int, env: dict[str, Any]) -> Event:
         raise bad(path, f"{where} ({etype}) has an invalid schema version {v!r}")
     if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts < 1 << 63:
         raise bad(path, f"{where} ({etype}) has an invalid timestamp {ts!r}")
+    if max_ts is not None and ts > max_ts:
+        raise bad(
+            path,
+            f"{where} ({etype}) is stamped {_iso(ts)}, more than "
+            f"{MAX_CLOCK_SKEW_NS // 60_000_000_000} minutes after this machine's clock; "
+            "a stream from the future would hide everything after it from "
+            "as_of(datetime). Check the clocks of both machines",
+        )
     if not isinstance(data, dict):
         raise bad(path, f"{where} ({etype}) has no data map")
     try:
@@ -312,157 +337,10 @@ def _check_event(path: Path, i: int, env: dict[str, Any]) -> Event:
     return Event(i, etype, data, ts)
 
 
-def _check_artifact(s: Stream, where: str, d: dict[str, Any]) -> list[FileEntry]:
-    path = s.path
-    name = d["name"]
-    if not name or "\x00" in name or len(name) > MAX_NAME:
-        raise bad(path, f"{where} has an invalid artifact name {name!r:.80}")
-    if isinstance(d["version"], str) and (not d["version"] or "\x00" in d["version"]):
-        raise bad(path, f"{where} has an invalid version {d['version']!r:.80}")
-    if not _HEX32.match(d["content_hash"]):
-        raise bad(path, f"{where} has an invalid content hash {d['content_hash']!r:.80}")
-    entries: list[FileEntry] = []
-    total = 0
-    for frec in d["files"]:
-        entries.append(_check_file(s, where, frec))
-        total += entries[-1].size
-    for vis in d["visualizations"]:
-        if not (
-            isinstance(vis, list) and len(vis) == 3 and all(isinstance(x, str) for x in vis[:2])
-        ):
-            raise bad(path, f"{where} has a malformed visualization record")
-        _check_file(s, where, vis[2])
-    if total != d["size"]:
-        raise bad(path, f"{where} declares size {d['size']} but its files hold {total} bytes")
-    names = [e.name for e in entries]
-    if len(set(names)) != len(names):
-        raise bad(path, f"{where} lists a file twice")
-    if content_hash(entries) != d["content_hash"]:
-        raise bad(path, f"{where}: its content hash does not match its manifest")
-    return entries
+def _iso(ts: int) -> str:
+    import datetime as dt
 
-
-def _check_file(s: Stream, where: str, frec: Any) -> FileEntry:
-    path = s.path
-    if not (isinstance(frec, list) and len(frec) == 4):
-        raise bad(path, f"{where} has a malformed manifest entry")
-    name, size, fhash, keys = frec
-    if not isinstance(name, str):
-        raise bad(path, f"{where} has a non-string file name")
     try:
-        check_name(name)
-    except MaterializerError:
-        raise bad(
-            path, f"{where} has an unsafe file name {name!r:.80} (absolute, '..' or NUL)"
-        ) from None
-    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_FILE:
-        raise bad(path, f"{where} file {name!r} declares an absurd size {size!r:.40}")
-    if not isinstance(fhash, str) or not _HEX32.match(fhash):
-        raise bad(path, f"{where} file {name!r} has an invalid hash")
-    if not isinstance(keys, list) or not all(isinstance(k, bytes) and len(k) == 16 for k in keys):
-        raise bad(path, f"{where} file {name!r} has malformed chunk keys")
-    if all(k in s.chunks for k in keys):
-        held = sum(s.chunks[k][1] for k in keys)
-        if held != size:
-            raise bad(
-                path, f"{where} file {name!r} declares {size} bytes but its chunks hold {held}"
-            )
-    for k in keys:
-        if k not in s.chunks and k not in s.absent:
-            raise bad(path, f"{where} file {name!r} needs chunk {k.hex()}, not in the stream")
-    return FileEntry(name, size, fhash, list(keys))
-
-
-def chunk_reader(f: IO[bytes], s: Stream, keys: list[bytes]) -> Iterator[bytes]:
-    for k in keys:
-        off, n = s.chunks[k]
-        f.seek(off)
-        data = f.read(n)
-        if len(data) != n or xxhash.xxh3_128(data).digest() != k:
-            raise bad(s.path, f"chunk {k.hex()} changed while being imported")
-        yield data
-
-
-@dataclass
-class Plan:
-    events: list[Event]
-    artifacts: dict[str, dict[str, Any]]  # id -> artifact.written data (upcast)
-    complete: set[str]  # artifact ids whose chunks are all in the stream
-    run_ids: set[str]
-    step_ids: set[str]
-
-
-def validate(s: Stream, *, allow_absent: bool, progress: Progress | None) -> Plan:
-    path = s.path
-    events = [_check_event(path, i, env) for i, env in enumerate(s.events, 1)]
-    events = [e for e in events if e.type != "store.created"]
-    arts: dict[str, dict[str, Any]] = {}
-    runs: set[str] = set()
-    steps: set[str] = set()
-    deleted: set[str] = set()
-    versions: set[tuple[str, Any]] = set()
-    for e in events:  # ids started anywhere in the stream may be referenced
-        if e.type == "run.started":
-            if e.data["id"] in runs:
-                raise bad(path, f"event {e.seq} of the stream starts run {e.data['id']} twice")
-            runs.add(e.data["id"])
-        elif e.type in ("step.started", "step.cached", "step.skipped"):
-            if e.data["id"] in steps:
-                raise bad(path, f"event {e.seq} of the stream starts step {e.data['id']} twice")
-            steps.add(e.data["id"])
-    for e in events:
-        d = e.data
-        where = f"event {e.seq} of the stream ({e.type})"
-        if e.type == "artifact.written":
-            if d["id"] in arts:
-                raise bad(path, f"{where} writes artifact id {d['id']} a second time")
-            nv = (d["name"], d["version"])
-            if nv in versions:
-                raise bad(path, f"{where} writes {d['name']}:{d['version']} a second time")
-            versions.add(nv)
-            _check_artifact(s, where, d)
-            if d["producer"] is not None and d["producer"] not in steps:
-                raise bad(path, f"{where} names producer {d['producer']}, not in the stream")
-            if d["run"] is not None and d["run"] not in runs:
-                raise bad(path, f"{where} names run {d['run']}, not in the stream")
-            arts[d["id"]] = d
-        elif e.type.startswith("artifact.") or e.type == "metadata.logged":
-            if d["id"] not in arts:
-                raise bad(path, f"{where} refers to artifact {d['id']} the stream does not write")
-            if e.type == "artifact.deleted":
-                deleted.add(d["id"])
-        elif e.type.startswith("run.") and d["id"] not in runs:
-            raise bad(path, f"{where} refers to run {d['id']} the stream does not start")
-        elif e.type.startswith("step.") and (d["id"] not in steps or d["run"] not in runs):
-            raise bad(path, f"{where} refers to a step run or run the stream does not start")
-    complete: set[str] = set()
-    checked: set[tuple[str, int, str, tuple[bytes, ...]]] = set()
-    total = len(arts)
-    with open(path, "rb") as f:
-        for n, (aid, d) in enumerate(arts.items(), 1):
-            recs = [FileEntry.from_record(r) for r in manifests(d)]
-            if all(k in s.chunks for r in recs for k in r.chunks):
-                complete.add(aid)
-                for entry in recs:
-                    sig = (entry.name, entry.size, entry.hash, tuple(entry.chunks))
-                    if sig in checked:
-                        continue
-                    h = xxhash.xxh3_128()
-                    for data in chunk_reader(f, s, entry.chunks):
-                        h.update(data)
-                    if h.hexdigest() != entry.hash:
-                        raise bad(
-                            path,
-                            f"artifact {d['name']}:{d['version']} file {entry.name!r}: "
-                            "its bytes do not match its hash",
-                        )
-                    checked.add(sig)
-            elif aid not in deleted and not allow_absent:
-                raise bad(
-                    path,
-                    f"artifact {d['name']}:{d['version']} (id {aid}) is live but some of its "
-                    "chunks are absent from the stream",
-                )
-            if progress is not None and n % 64 == 0:
-                progress("validate", n, total)
-    return Plan(events, arts, complete, runs, steps)
+        return dt.datetime.fromtimestamp(ts / 1e9, dt.timezone.utc).isoformat()
+    except (OverflowError, ValueError, OSError):
+        return f"{ts} ns after the epoch"

@@ -14,6 +14,7 @@ from materializers.builtins import BuiltinsMaterializer
 from materializers.cloudpickle_materializer import CloudpickleMaterializer, resign_pickles
 from materializers.files import ArtifactFiles
 from materializers.registry import (
+    allow,
     identity,
     import_topic,
     materializer_for,
@@ -30,6 +31,7 @@ __all__ = [
     "BuiltinsMaterializer",
     "CloudpickleMaterializer",
     "NumpyMaterializer",
+    "allow",
     "identity",
     "import_topic",
     "materializer_for",

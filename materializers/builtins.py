@@ -11,6 +11,14 @@ A container holding anything else (numpy arrays, user objects) is written
 element by element: each element with its own materializer under
 ``elements/<i>/`` (non-plain dict keys under ``keys/<i>/``) and the container's
 shape in ``structure.msgpack``. Such containers are never pickled as a whole.
+
+Large binary values — ``bytes`` and ``bytearray`` of ``RAW_MIN`` bytes or more,
+and every ``memoryview`` — are written as they are to ``data.bin``, straight
+from the caller's buffer (no copy, no encoding: saving 2 GiB costs no more
+memory than the value itself); ``files.state["raw"]`` names the type (and a
+memoryview's ``format`` and ``shape``). The file name is the format marker:
+values stored before this existed are in ``data.msgpack`` and load as they
+always did, so ``VERSION`` (part of every cache key) did not change.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from materializers import registry
 from materializers.base import BaseMaterializer
 
 DATA_FILE: Final = "data.msgpack"
+RAW_FILE: Final = "data.bin"
+RAW_MIN: Final = 1 << 20
 STRUCTURE_FILE: Final = "structure.msgpack"
 STRUCTURE_VERSION: Final = 1
 MAX_DEPTH: Final = 100
@@ -154,6 +164,8 @@ def _scalar_metadata(data: Any) -> dict[str, Any]:
         return {"length": len(data), **({"value": data} if len(data) <= 100 else {})}
     if kind is bytes or kind is bytearray:
         return {"length": len(data)}
+    if kind is memoryview:
+        return {"length": data.nbytes, "format": data.format, "shape": list(data.shape or ())}
     return {}
 
 
@@ -170,6 +182,7 @@ class BuiltinsMaterializer(BaseMaterializer):
         str,
         bytes,
         bytearray,
+        memoryview,
         list,
         tuple,
         dict,
@@ -186,6 +199,10 @@ class BuiltinsMaterializer(BaseMaterializer):
         return data_type in cls.ASSOCIATED_TYPES
 
     def save(self, data: Any) -> None:
+        kind = type(data)
+        if kind is memoryview or ((kind is bytes or kind is bytearray) and len(data) >= RAW_MIN):
+            self._save_raw(data)
+            return
         try:
             payload = _pack(_convert(data))
         except _NotPlainError:
@@ -201,6 +218,54 @@ class BuiltinsMaterializer(BaseMaterializer):
                 "built-in types. Register a materializer for it with `@register`."
             )
         self._save_structure(data)
+
+    def _save_raw(self, data: bytes | bytearray | memoryview) -> None:
+        state: dict[str, Any] = {"raw": type(data).__name__}
+        if isinstance(data, memoryview):
+            fmt: Any = data.format
+            shape = list(data.shape or ())
+            if not data.c_contiguous:  # a strided view: its bytes in C order (a copy)
+                data = memoryview(data.tobytes())
+            try:
+                if data.nbytes:  # an empty view loads as an empty byte view
+                    data.cast("B").cast(fmt, shape)
+            except (TypeError, ValueError) as e:
+                raise MaterializerError(
+                    f"BuiltinsMaterializer cannot save a memoryview of format {fmt!r} and shape "
+                    f"{shape} ({e}); save bytes(view) or a numpy array instead."
+                ) from e
+            state.update(format=fmt, shape=shape)
+        with self.open(RAW_FILE, "wb") as f:
+            f.write(data)  # chunked in place: the value is never copied
+        self.files.state.update(state)
+
+    def _load_raw(self) -> Any:
+        state = self.files.state
+        kind = state.get("raw")
+        size = self.files.size(RAW_FILE)
+        buf = bytearray(size)
+        with self.open(RAW_FILE, "rb") as f:
+            view, got = memoryview(buf), 0
+            while got < size:
+                n = f.readinto(view[got:])  # type: ignore[attr-defined]
+                if not n:
+                    raise MaterializerError(f"{RAW_FILE} is shorter than its recorded size")
+                got += n
+        if kind == "bytearray":
+            return buf
+        if kind == "memoryview" and not size:
+            return memoryview(buf)
+        if kind == "memoryview":
+            fmt, shape = state.get("format", "B"), state.get("shape")
+            try:
+                return memoryview(buf).cast("B").cast(fmt, [size] if shape is None else shape)
+            except (TypeError, ValueError) as e:
+                raise MaterializerError(
+                    f"{RAW_FILE} cannot be viewed as format {fmt!r}, shape {shape}: {e}"
+                ) from e
+        if kind == "bytes":
+            return bytes(buf)
+        raise MaterializerError(f"{RAW_FILE} records an unknown value type {kind!r}.")
 
     def _save_structure(self, data: Any) -> None:
         states: dict[str, dict[str, Any]] = {}
@@ -240,6 +305,8 @@ class BuiltinsMaterializer(BaseMaterializer):
 
     def load(self, data_type: type) -> Any:
         names = self.files.names()
+        if RAW_FILE in names:
+            return self._load_raw()
         if DATA_FILE in names:
             with self.open(DATA_FILE, "rb") as f:
                 return _unpack(_read_all(f))

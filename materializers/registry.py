@@ -20,16 +20,32 @@ Renamed classes keep loading through aliases (:func:`register_alias`).
 numpy is never imported by this module: its materializer is registered the
 first time a type whose MRO contains ``numpy.ndarray`` or ``numpy.generic`` is
 looked up.
+
+**Untrusted artifacts** (imported ones, see ``Store.import_``) name classes
+that an attacker may have chosen, and importing a module runs its code. While
+such an artifact loads (inside :func:`untrusted`), :func:`resolve` and
+:func:`import_topic` import nothing: they return only classes this process
+already knows — registered materializers (the built-in ones included, numpy's
+loaded on demand), types registered for them, types seen by :func:`topic_of`,
+alias targets, and subclasses of registered types found in modules that are
+already imported — or classes on the allow-list (:func:`allow`, or the
+environment variable ``ARTLEDGER_ALLOW_CLASSES``, identities separated by
+commas or spaces). Anything else is a :class:`MaterializerError` naming the
+identity and how to allow it.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import os
+import sys
 import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from engine.errors import MaterializerError
@@ -59,6 +75,11 @@ _lazy: dict[str, str] = {
 # the module in sys.modules before its classes have registered.
 _lazy_lock = threading.Lock()
 _loaded: set[str] = set()  # lazy modules fully imported
+# identities untrusted artifacts may name even when nothing registered them
+_allowed: set[str] = set()
+ALLOW_ENV = "ARTLEDGER_ALLOW_CLASSES"
+# the label of the untrusted artifact being loaded in this context, if any
+_untrusted: ContextVar[str | None] = ContextVar("artledger_untrusted", default=None)
 
 
 def identity(cls: type) -> str:
@@ -198,6 +219,67 @@ def _follow_aliases(name: str) -> str:
     return name
 
 
+def allow(*identities: str) -> None:
+    """Let untrusted (imported) artifacts name these classes (``"module:QualName"``,
+    materializers or data types) even though nothing in this process registered
+    them; their modules are then imported on load like any trusted artifact's.
+    Only allow code you trust: importing a module runs it."""
+    for name in identities:
+        _check_form(name)
+    _allowed.update(identities)
+
+
+def allowed() -> set[str]:
+    """Every identity on the allow-list (:func:`allow` and ``$ARTLEDGER_ALLOW_CLASSES``)."""
+    env = os.environ.get(ALLOW_ENV, "").replace(",", " ").split()
+    return _allowed | set(env)
+
+
+@contextmanager
+def untrusted(label: str) -> Iterator[None]:
+    """Inside the block, resolve classes for the untrusted artifact ``label``:
+    nothing is imported that is not already known or allowed (see module docs)."""
+    token = _untrusted.set(label)
+    try:
+        yield
+    finally:
+        _untrusted.reset(token)
+
+
+def _registered_type(target: str) -> type | None:
+    for data_type in _by_type:
+        if identity(data_type) == target:
+            return data_type
+    return None
+
+
+def _without_import(target: str, what: str) -> Any:
+    """``target`` if this process knows it already (no module is imported, no
+    module ``__getattr__`` runs), else None."""
+    module_name, _, qualname = target.partition(":")
+    own = _lazy.get(target) or (module_name if module_name in _lazy.values() else None)
+    if own is not None and own not in sys.modules:
+        importlib.import_module(own)  # one of this package's own modules
+        if target in _known:
+            return _known[target]
+    if what == "materializer":
+        return None
+    found = _registered_type(target)
+    if found is not None:
+        return found
+    obj: Any = sys.modules.get(module_name)
+    if obj is None:
+        return None
+    try:
+        for part in qualname.split("."):
+            obj = inspect.getattr_static(obj, part)
+    except AttributeError:
+        return None
+    if isinstance(obj, type) and any(issubclass(obj, t) for t in _by_type):
+        return obj
+    return None
+
+
 def _import(name: str, what: str) -> Any:
     _check_form(name)
     target = _follow_aliases(name)
@@ -205,6 +287,19 @@ def _import(name: str, what: str) -> Any:
         return _known[target]
     if target in _seen_types:
         return _seen_types[target]
+    label = _untrusted.get()
+    if label is not None and not {name, target} & allowed():
+        found = _without_import(target, what)
+        if found is None:
+            raise MaterializerError(
+                f"Refusing to import {what} `{target}` named by the untrusted {label}: "
+                "imported artifacts may only name classes this process already knows "
+                "(registered materializers and their types), because importing a module "
+                "runs its code. If you trust it, import the module that defines it before "
+                f"loading, or allow it: materializers.registry.allow('{target}') (or "
+                f"{ALLOW_ENV}='{target}')."
+            )
+        return found
     module_name, _, qualname = target.partition(":")
     via = f" (alias of `{name}`)" if target != name else ""
     fix = (
@@ -257,13 +352,16 @@ def import_topic(topic: str) -> type:
 
 @contextmanager
 def temporary_registrations() -> Iterator[None]:
-    """Undo, on exit, every registration and alias made inside the block (for
+    """Undo, on exit, every registration, alias and :func:`allow` made inside the block (for
     tests and experiments). Built-in materializers loaded lazily inside the
     block stay registered."""
     by_type, known, aliases = dict(_by_type), dict(_known), dict(_aliases)
+    allow_list = set(_allowed)
     try:
         yield
     finally:
+        _allowed.clear()
+        _allowed.update(allow_list)
         lazily_loaded = {t: c for t, c in _by_type.items() if t not in by_type and _is_builtin(c)}
         _by_type.clear()
         _by_type.update(by_type)

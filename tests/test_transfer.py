@@ -14,7 +14,7 @@ import engine
 from engine import ImportValidationError, Store, UntrustedArtifactError
 from engine.projections import PROJECTION_DBS
 from engine.transfer import copy_history
-from engine.transfer_stream import FORMAT, MAGIC, PREAMBLE, Writer, read_stream
+from engine.transfer_stream import FORMAT, FRAME, MAGIC, PREAMBLE, Writer
 from materializers.cloudpickle_materializer import CloudpickleMaterializer
 
 # -- helpers ---------------------------------------------------------------------------
@@ -80,32 +80,49 @@ def fill(store: Store, marker: Path) -> None:
     store.run(chain, n=3000, k=3.0)
 
 
+def read_stream(src: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[bytes, bytes]]:
+    """A valid stream's header, events and chunks (key -> bytes), decoded whole."""
+    import msgpack
+
+    raw = src.read_bytes()
+    pos = PREAMBLE.size
+    header: dict[str, Any] = {}
+    events: list[dict[str, Any]] = []
+    chunks: dict[bytes, bytes] = {}
+    while pos < len(raw):
+        kind, n = FRAME.unpack_from(raw, pos)
+        payload = raw[pos + FRAME.size : pos + FRAME.size + n]
+        if kind == ord("H"):
+            header = msgpack.unpackb(payload, raw=False)
+        elif kind == ord("E"):
+            events.append(msgpack.unpackb(payload, raw=False, strict_map_key=False))
+        elif kind == ord("C"):
+            chunks[payload[:16]] = payload[16:]
+        pos += FRAME.size + n + 16
+    return header, events, chunks
+
+
 def rewrite(
     src: Path, dst: Path, edit: Callable[[list[dict[str, Any]], dict[bytes, bytes]], None]
 ) -> None:
     """Decode a valid stream, let ``edit`` change its events and chunks, and write
     it back with valid framing (a forged stream that only content checks can catch)."""
-    stream = read_stream(src, None)
-    raw = src.read_bytes()
-    chunks = {k: raw[off : off + n] for k, (off, n) in stream.chunks.items()}
-    events = stream.events
+    header, events, chunks = read_stream(src)
     edit(events, chunks)
     from engine.log import pack
 
     with open(dst, "wb") as f:
         w = Writer(f)
         w.raw(PREAMBLE.pack(MAGIC, FORMAT, 0))
-        w.frame(b"H", pack(stream.header))
+        w.frame(b"H", pack(header))
         for key, data in chunks.items():
             w.frame(b"C", key, data)
-        for key in stream.absent:
-            w.frame(b"A", key)
         for env in events:
             w.frame(b"E", pack(env))
         trailer = {
             "events": len(events),
             "chunks": len(chunks),
-            "absent": len(stream.absent),
+            "absent": 0,
             "chunk_bytes": sum(len(c) for c in chunks.values()),
             "hash": w.running.hexdigest(),
         }
