@@ -2,7 +2,10 @@
 
 Each round starts one or two workload processes on a store (saves of small
 values and multi-chunk arrays, dedup, tags, untags, deletes, gc, rebuild;
-pipeline runs and imports when the engine has them). A workload prints a
+pipeline runs and imports when the engine has them), and in about half the
+rounds a companion that races their commits: a process that opens, saves and
+closes in a loop (every open recovers pack tails), a process running gc in a
+loop, or one process with save threads beside a gc thread. A workload prints a
 ``begin`` line before each call and an ``ack`` line after it returned
 (flushed), to a file the parent reads. The parent kills the workload —
 after a random delay, or by arming one failpoint so the process kills
@@ -94,12 +97,15 @@ def same(a: Any, b: Any) -> bool:
 
 class _Out:
     def __init__(self) -> None:
-        self.n = 0
+        import threading
+
+        self._lock = threading.Lock()
 
     def __call__(self, ev: str, op: str, **data: Any) -> None:
         line = json.dumps({"ev": ev, "op": op, **data}, sort_keys=True)
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        with self._lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
 
 
 def _pipeline_ops() -> Any:
@@ -256,6 +262,88 @@ def child(store_path: str, seed: int, workload: str, focus: str, tag: str) -> No
             out("error", fn.__name__, kind=type(e).__name__, message=str(e))
 
 
+# Companion shapes: what races a writer's commits. Each runs beside the round's
+# writers until the parent kills it, printing begin/ack lines like a workload.
+SHAPES = ("cycle", "gcloop", "threads")
+
+
+def _save_one(store: Any, rng: random.Random, out: _Out, key: str) -> Any:
+    kind = rng.choice(("small", "array", "array", "zeros", "text"))
+    name = rng.choice(NAMES)
+    out("begin", "save", name=name, key=key, kind=kind)
+    art = store.save_artifact(make_value(kind, key), name, metadata={"ck": key, "kind": kind})
+    out("ack", "save", id=art.id, name=name, version=art.version, key=key, kind=kind)
+    return art
+
+
+def _delete_one(store: Any, art: Any, out: _Out) -> None:
+    out("begin", "delete", id=art.id)
+    store.delete_artifact(art)
+    out("ack", "delete", id=art.id)
+
+
+def companion(store_path: str, seed: int, shape: str, tag: str) -> None:
+    """``cycle``: open, save, maybe delete, close, again (each open recovers packs
+    while others commit); ``gcloop``: gc in a loop from its own process;
+    ``threads``: save threads beside a gc thread on one Store."""
+    import threading
+    import warnings
+
+    warnings.simplefilter("ignore")
+    from engine import ArtifactNotFoundError, Store, StoreError
+
+    rng = random.Random(seed)
+    out = _Out()
+    benign = (ArtifactNotFoundError, StoreError)
+    if shape == "cycle":
+        out("ready", "open", pid=os.getpid())
+        n = 0
+        while True:
+            with Store.open(store_path, chunk_size=CHUNK_SIZE) as store:
+                for _ in range(rng.randint(1, 3)):
+                    n += 1
+                    try:
+                        art = _save_one(store, rng, out, f"{tag}-{n}")
+                        if rng.random() < 0.3:  # leave mostly-dead segments for gc
+                            _delete_one(store, art, out)
+                    except benign as e:
+                        out("error", "save", kind=type(e).__name__, message=str(e))
+    store = Store.open(store_path, chunk_size=CHUNK_SIZE)
+    out("ready", "open", pid=os.getpid())
+    if shape == "gcloop":
+        while True:
+            out("begin", "gc")
+            try:
+                store.gc()
+                out("ack", "gc")
+            except benign as e:
+                out("error", "gc", kind=type(e).__name__, message=str(e))
+            time.sleep(rng.uniform(0.0, 0.02))
+
+    def saver(w: int) -> None:
+        trng = random.Random(seed * 31 + w)
+        n = 0
+        while True:
+            n += 1
+            try:
+                art = _save_one(store, trng, out, f"{tag}-t{w}-{n}")
+                if trng.random() < 0.3:
+                    _delete_one(store, art, out)
+            except benign as e:
+                out("error", "save", kind=type(e).__name__, message=str(e))
+
+    for w in range(4):
+        threading.Thread(target=saver, args=(w,), daemon=True).start()
+    while True:
+        out("begin", "gc")
+        try:
+            store.gc()
+            out("ack", "gc")
+        except benign as e:
+            out("error", "gc", kind=type(e).__name__, message=str(e))
+        time.sleep(rng.uniform(0.0, 0.01))
+
+
 # -- the checker (parent) ---------------------------------------------------------------
 
 
@@ -274,6 +362,7 @@ class Totals:
     verify_failures: int = 0
     other_problems: int = 0
     benign_errors: int = 0
+    shapes: Counter[str] = field(default_factory=Counter)
     reopen_s: list[float] = field(default_factory=list)
     verify_s: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -435,6 +524,7 @@ def run(
     rounds_per_store: int = 40,
     max_delay: float = 0.6,
     fp_timeout: float = 30.0,
+    companions: bool = True,
     log: Any = None,
 ) -> Totals:
     """Run ``rounds`` kill rounds; the totals."""
@@ -456,9 +546,12 @@ def run(
         mode = "failpoint" if r % 2 == 0 and workload == "mixed" else "random"
         fp = points[(r // 2) % len(points)] if mode == "failpoint" else ""
         writers = 2 if rng.random() < 0.25 else 1
+        shape = SHAPES[r % len(SHAPES)] if companions and rng.random() < 0.5 else ""
+        if shape:
+            totals.shapes[shape] += 1
         procs = []
         outs = []
-        for w in range(writers):
+        for w in range(writers + bool(shape)):
             env = dict(os.environ)
             env.pop("ARTLEDGER_FAILPOINTS", None)
             if fp and w == 0:
@@ -480,6 +573,8 @@ def run(
                 "--tag",
                 f"r{r}w{w}",
             ]
+            if w == writers:
+                cmd += ["--shape", shape]
             with open(out, "wb") as f:
                 procs.append(subprocess.Popen(cmd, stdout=f, stderr=subprocess.PIPE, env=env))
         early = mode == "random" and rng.random() < 0.1
@@ -572,6 +667,7 @@ def summary(totals: Totals) -> dict[str, Any]:
         "verify_failures": totals.verify_failures,
         "other_problems": totals.other_problems,
         "benign_errors": totals.benign_errors,
+        "shapes": dict(totals.shapes),
         "slowest_reopen_s": max(totals.reopen_s, default=0.0),
         "median_reopen_s": sorted(totals.reopen_s)[len(totals.reopen_s) // 2]
         if totals.reopen_s
@@ -590,6 +686,7 @@ def markdown(s: dict[str, Any], command: str) -> str:
     acked = ", ".join(f"{k} {v}" for k, v in sorted(s["acked"].items()))
     ok = s["lost"] == 0 and s["dangling"] == 0 and s["verify_failures"] == 0
     problems = "\n".join(f"- {p}" for p in s["problems"]) or "none"
+    shapes = ", ".join(f"{k} {v}" for k, v in sorted(s.get("shapes", {}).items())) or "none"
     return f"""# Crash test: {s["kills"]} kills
 
 Command (from the repository root):
@@ -613,11 +710,17 @@ Result: **{"PASS" if ok else "FAIL"}**
 | dangling references (live artifact does not load or loads wrong) | {s["dangling"]} | 0 |
 | verify failures after reopen | {s["verify_failures"]} | 0 |
 | other problems (gaps in versions, stats, workload tracebacks) | {s["other_problems"]} | 0 |
+| rounds with a companion racing the writers (see below) | {shapes} | |
 | benign workload errors (concurrent delete or gc race, reported clearly) | {s["benign_errors"]} | |
 | slowest reopen (`Store.open` + pack recovery) | {s["slowest_reopen_s"] * 1000:.1f} ms | ≤ 1 s |
 | median reopen | {s["median_reopen_s"] * 1000:.1f} ms | |
 | slowest verify | {s["slowest_verify_s"] * 1000:.1f} ms | |
 | wall time | {s["seconds"]:.0f} s | |
+
+Companions: `cycle` opens, saves (sometimes deletes) and closes a store in a
+loop, so every open recovers pack tails while the writers commit; `gcloop`
+runs gc in a loop in its own process; `threads` runs four save threads
+beside a gc thread on one Store. They are killed with the writers.
 
 Failpoints (armed to kill on their 1st-3rd hit; "killed" = the process died there):
 
@@ -642,7 +745,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--child", metavar="STORE", help=argparse.SUPPRESS)
     ap.add_argument("--focus", default="", help=argparse.SUPPRESS)
     ap.add_argument("--tag", default="c", help=argparse.SUPPRESS)
+    ap.add_argument("--shape", default="", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--no-companions",
+        action="store_true",
+        help="no processes racing the writers (open/save/close loops, gc loops, gc threads)",
+    )
     args = ap.parse_args(argv)
+    if args.child and args.shape:
+        companion(args.child, args.seed, args.shape, args.tag)
+        return 0
     if args.child:
         child(args.child, args.seed, args.workload, args.focus, args.tag)
         return 0
@@ -656,6 +768,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir,
             rounds_per_store=args.rounds_per_store,
             max_delay=args.max_delay,
+            companions=not args.no_companions,
             log=sys.stderr,
         )
     finally:
