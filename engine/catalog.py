@@ -30,7 +30,7 @@ from engine.log import Event, EventLog
 from engine.models import ArtifactVersion, Run, StepRun
 from engine.projections import counter, version_key
 from engine.projections_runs import consumer_key, run_step_ids
-from engine.records import HINT, damage_boundary, record
+from engine.records import DECODE_ERRORS, HINT, damage_boundary, damaged, record
 
 if TYPE_CHECKING:
     from engine.lineage import LineageGraph
@@ -62,8 +62,11 @@ class Catalog:
         self._check_open()
         txn = self.kv.read()
         try:
-            with damage_boundary(f"the ledger at {getattr(self.kv, 'path', 'memory')}"):
-                yield txn
+            yield txn
+        except ArtledgerError:
+            raise
+        except DECODE_ERRORS as e:
+            raise damaged(f"the ledger at {getattr(self.kv, 'path', 'memory')}", e) from e
         finally:
             self.kv.end_read(txn)
 

@@ -609,8 +609,7 @@ class LmdbKV(KV):
 
     def end_read(self, txn: Txn) -> None:
         assert isinstance(txn, _LmdbTxn)
-        with contextlib.suppress(self._lmdb.Error):
-            txn._txn.abort()
+        txn._txn.abort()
 
     def write(self, fn: Callable[[Txn], T]) -> T:
         if self.readonly is not None:

@@ -51,6 +51,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "steps": ("id", "run", "status", "invocation", "step", "seq", "inputs", "outputs"),
     "runs": ("id", "pipeline", "status", "seq"),
 }
+_REQUIRED_SETS = {db: frozenset(keys) for db, keys in REQUIRED.items()}
+_NONE: frozenset[str] = frozenset()
 HINT = (
     "run `artledger verify` to list the damage; `artledger replay --rebuild` refolds the "
     "projections from the log, `artledger recover` rebuilds a damaged log (docs/reliability.md)"
@@ -65,12 +67,17 @@ def record(raw: bytes, db: str) -> dict[str, Any]:
         raise IntegrityError(
             f"a record of the ledger's {db!r} database is damaged ({type(e).__name__}: {e}); {HINT}"
         ) from e
-    if type(rec) is not dict or not all(k in rec for k in REQUIRED.get(db, ())):
+    if type(rec) is not dict or not rec.keys() >= _REQUIRED_SETS.get(db, _NONE):
         raise IntegrityError(
             f"a record of the ledger's {db!r} database is damaged (it is not a record "
             f"of the right shape); {HINT}"
         )
     return rec
+
+
+def damaged(where: object, e: Exception) -> IntegrityError:
+    """The error for decoding error ``e`` met at ``where``."""
+    return IntegrityError(f"{where}: a record cannot be decoded ({type(e).__name__}: {e}); {HINT}")
 
 
 @contextlib.contextmanager
@@ -82,6 +89,4 @@ def damage_boundary(where: str) -> Iterator[None]:
     except ArtledgerError:
         raise
     except DECODE_ERRORS as e:
-        raise IntegrityError(
-            f"{where}: a record cannot be decoded ({type(e).__name__}: {e}); {HINT}"
-        ) from e
+        raise damaged(where, e) from e

@@ -7,6 +7,7 @@ can exhaust them, and the message says so."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ PROCESSES = MAX_READERS // 2 + 2  # each holds two reads: more than every slot
 # threads whose progress callback (called inside a read transaction) blocks.
 # Once all are in place it says so, waits for a line on stdin, then SIGKILLs them.
 SPAWNER = """
-import os, signal, sys, threading
+import ctypes, os, select, signal, sys, threading, time
 from engine import Store
 
 path, n = sys.argv[1], int(sys.argv[2])
@@ -32,6 +33,7 @@ kids = []
 for _ in range(n):
     pid = os.fork()
     if pid == 0:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the spawner
         os.close(r)
         store = Store.open(path)
         hold = threading.Event()
@@ -45,9 +47,11 @@ for _ in range(n):
                     os.write(w, b"r")
                     hold.wait()
 
-            store.verify(progress=progress)
-            if not said:  # no free slot: verify reported it and returned
-                os.write(w, b"f")
+            try:
+                store.verify(progress=progress)
+            finally:
+                if not said:  # no free slot
+                    os.write(w, b"f")
 
         threads = [threading.Thread(target=reader) for _ in range(2)]
         for t in threads:
@@ -57,11 +61,13 @@ for _ in range(n):
     kids.append(pid)
 os.close(w)
 got = b""
-while len(got) < 2 * n:
-    chunk = os.read(r, 4096)
-    if not chunk:
-        break
-    got += chunk
+deadline = time.monotonic() + 120
+while len(got) < 2 * n and time.monotonic() < deadline:
+    if select.select([r], [], [], 1.0)[0]:
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        got += chunk
 print("in place", got.count(b"r"), got.count(b"f"), flush=True)
 sys.stdin.readline()
 for pid in kids:
@@ -124,8 +130,15 @@ def test_killed_readers_do_not_exhaust_the_reader_slots(tmp_path: Path) -> None:
             spawner.stdin.flush()
             assert spawner.stdout.readline().strip() == "killed"
         finally:
-            spawner.kill()
-            spawner.wait()
+            if spawner.poll() is None:
+                with contextlib.suppress(BrokenPipeError):
+                    spawner.stdin.write("kill\n")  # its children die with it in any case
+                    spawner.stdin.flush()
+                try:
+                    spawner.wait(60)
+                except subprocess.TimeoutExpired:
+                    spawner.kill()
+                    spawner.wait()
             for f in (spawner.stdin, spawner.stdout, spawner.stderr):
                 if f is not None:
                     f.close()
