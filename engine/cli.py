@@ -433,7 +433,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     data = _store_path(args) / "ledger" / "data.mdb"
     if data.is_file():
-        from engine.recover import walk_ledger
+        from engine.salvage import walk_ledger
 
         # Read the whole ledger in a child process first: a damaged page can kill
         # the process that reads it, and this one must live to say so.

@@ -769,7 +769,7 @@ class Store(Catalog):
         if fix:
             self._check_writable("fix what verify finds")
         if isolate and self.path is not None:
-            from engine.recover import walk_ledger
+            from engine.salvage import walk_ledger
 
             problems = walk_ledger(self.path / "ledger" / "data.mdb")
             if problems:
