@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from engine.kv import Txn
-from engine.log import unpack
 from engine.projections_runs import cache_index_key
+from engine.records import record
 
 if TYPE_CHECKING:
     from engine.catalog import Catalog
@@ -70,7 +70,7 @@ def lookup_in(
         raw = txn.get("steps", sid)
         if raw is None:
             continue
-        rec = unpack(raw)
+        rec = record(raw, "steps")
         if rec["status"] != "completed":
             continue
         if expires_after is not None:
@@ -85,7 +85,7 @@ def lookup_in(
         outputs: dict[str, dict[str, Any]] | None = {}
         for name, aid in rec["outputs"].items():
             araw = txn.get("artifacts", aid.encode())
-            art = None if araw is None else unpack(araw)
+            art = None if araw is None else record(araw, "artifacts")
             if art is None or art["deleted"] is not None or not _chunks_present(chunk_txn, art):
                 outputs = None
                 break

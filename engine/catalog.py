@@ -8,6 +8,7 @@ store's chunk store.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,16 +19,18 @@ from engine.chunks import ChunkStore, FileEntry
 from engine.errors import (
     ArtifactNotFoundError,
     ArtledgerError,
+    IntegrityError,
     InvalidArgumentError,
     MaterializerError,
     RunNotFoundError,
     UntrustedArtifactError,
 )
 from engine.kv import KV, Txn
-from engine.log import Event, EventLog, unpack
+from engine.log import Event, EventLog
 from engine.models import ArtifactVersion, Run, StepRun
 from engine.projections import MAX_VERSION, MIN_VERSION, counter, version_key
 from engine.projections_runs import consumer_key, run_step_ids
+from engine.records import DECODE_ERRORS, HINT, damage_boundary, damaged, record
 
 if TYPE_CHECKING:
     from engine.lineage import LineageGraph
@@ -62,10 +65,15 @@ class Catalog:
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Txn]:
+        """A read snapshot; damaged records met inside become ``IntegrityError``."""
         self._check_open()
         txn = self.kv.read()
         try:
             yield txn
+        except ArtledgerError:
+            raise
+        except DECODE_ERRORS as e:
+            raise damaged(f"the ledger at {getattr(self.kv, 'path', 'memory')}", e) from e
         finally:
             self.kv.end_read(txn)
 
@@ -89,13 +97,18 @@ class Catalog:
                 batch = list(self.log.read(txn, pos, batch_stop))
             if not batch:
                 return
+            if batch[0].seq < pos or any(b.seq <= a.seq for a, b in itertools.pairwise(batch)):
+                raise IntegrityError(
+                    f"the event log's keys near event {pos} are out of order: the ledger at "
+                    f"{getattr(self.kv, 'path', 'memory')} is damaged; {HINT}"
+                )
             yield from batch
             pos = batch[-1].seq + 1
 
     # -- artifacts -------------------------------------------------------------
     def _artifact_rec(self, txn: Txn, aid: str) -> dict[str, Any] | None:
         raw = txn.get("artifacts", aid.encode())
-        return None if raw is None else unpack(raw)
+        return None if raw is None else record(raw, "artifacts")
 
     def get_artifact_by_id(self, artifact_id: str) -> ArtifactVersion:
         with self._read() as txn:
@@ -171,7 +184,7 @@ class Catalog:
                     if rec is not None:
                         recs.append(rec)
             else:
-                recs = [unpack(v) for _, v in txn.scan("artifacts")]
+                recs = [record(v, "artifacts") for _, v in txn.scan("artifacts")]
                 recs.sort(key=lambda r: r["seq"])
         for rec in recs:
             if include_deleted or rec["deleted"] is None:
@@ -180,10 +193,14 @@ class Catalog:
 
     def find_by_content(self, content_hash: str) -> list[ArtifactVersion]:
         """Live artifact versions whose data has this content hash."""
+        try:
+            prefix = bytes.fromhex(content_hash)
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(
+                f"a content hash is a hex string, not {content_hash!r}"
+            ) from None
         with self._read() as txn:
-            ids = [
-                k[16:].decode() for k, _ in txn.scan("content", prefix=bytes.fromhex(content_hash))
-            ]
+            ids = [k[16:].decode() for k, _ in txn.scan("content", prefix=prefix)]
             recs = [r for r in (self._artifact_rec(txn, i) for i in ids) if r is not None]
         return [ArtifactVersion(self, r) for r in sorted(recs, key=lambda r: r["seq"])]
 
@@ -192,30 +209,19 @@ class Catalog:
         return f"artifact {rec['name']}:{rec['version']} (id {rec['id']})"
 
     def _files(self, rec: dict[str, Any], key: str = "files") -> ReadFiles:
-        entries = {f[0]: FileEntry.from_record(f) for f in rec[key]}
-        return ReadFiles(
-            self.chunks,
-            self._secret,
-            entries,
-            dict(rec.get("state") or {}),
-            self._label(rec),
-            trusted=not rec.get("untrusted", False),
-        )
+        with damage_boundary(self._label(rec)):
+            entries = {f[0]: FileEntry.from_record(f) for f in rec[key]}
+            return ReadFiles(
+                self.chunks,
+                self._secret,
+                entries,
+                dict(rec.get("state") or {}),
+                self._label(rec),
+                trusted=not rec.get("untrusted", False),
+            )
 
-    def _load(self, rec: dict[str, Any]) -> Any:
-        from materializers import registry
-
-        if rec["deleted"] is not None:
-            raise ArtifactNotFoundError(f"{self._label(rec)} was deleted; its bytes may be gone")
-        label = self._label(rec)
-        untrusted = bool(rec.get("untrusted", False))
-        # An imported artifact names classes an attacker may have chosen: resolve
-        # only known or allowed ones, never importing a module it names.
-        scope = registry.untrusted(label) if untrusted else contextlib.nullcontext()
-        with scope:
-            return self._load_resolved(rec, label, untrusted)
-
-    def _load_resolved(self, rec: dict[str, Any], label: str, untrusted: bool) -> Any:
+    def _materializer(self, rec: dict[str, Any], label: str, untrusted: bool) -> tuple[Any, Any]:
+        """The materializer class and the data type recorded for ``rec``."""
         from materializers import registry
 
         try:
@@ -240,6 +246,24 @@ class Catalog:
             if untrusted:
                 raise
             data_type = object
+        return cls, data_type
+
+    def _load(self, rec: dict[str, Any]) -> Any:
+        from materializers import registry
+
+        if rec["deleted"] is not None:
+            raise ArtifactNotFoundError(f"{self._label(rec)} was deleted; its bytes may be gone")
+        label = self._label(rec)
+        untrusted = bool(rec.get("untrusted", False))
+        # An imported artifact names classes an attacker may have chosen: resolve
+        # only known or allowed ones, never importing a module it names.
+        scope = registry.untrusted(label) if untrusted else contextlib.nullcontext()
+        with scope:
+            with damage_boundary(label):
+                cls, data_type = self._materializer(rec, label, untrusted)
+            return self._load_with(cls, data_type, rec, label)
+
+    def _load_with(self, cls: Any, data_type: Any, rec: dict[str, Any], label: str) -> Any:
         files = self._files(rec)
         try:
             return cls(files).load(data_type)
@@ -294,9 +318,9 @@ class Catalog:
     def get_step_run(self, step_run_id: str) -> StepRun:
         with self._read() as txn:
             raw = txn.get("steps", str(step_run_id).encode())
-        if raw is None:
-            raise RunNotFoundError(f"no step run with id {step_run_id!r}")
-        return StepRun(self, unpack(raw))
+            if raw is None:
+                raise RunNotFoundError(f"no step run with id {step_run_id!r}")
+            return StepRun(self, record(raw, "steps"))
 
     def step_components(self, step_run_id: str) -> dict[str, Any] | None:
         """The cache-key components a step run recorded (None if it computed no key)."""
@@ -304,10 +328,10 @@ class Catalog:
             raw = txn.get("step_components", str(step_run_id).encode())
             if raw is None:  # a cache hit: the components of the step run it reused
                 step = txn.get("steps", str(step_run_id).encode())
-                source = None if step is None else unpack(step).get("source")
+                source = None if step is None else record(step, "steps").get("source")
                 if source:
                     raw = txn.get("step_components", source.encode())
-        return None if raw is None else unpack(raw)
+            return None if raw is None else record(raw, "step_components")
 
     def consumers(self, art: ArtifactVersion | str) -> list[StepRun]:
         """Step runs that read this artifact version as an input, oldest first."""
@@ -317,8 +341,9 @@ class Catalog:
                 k.split(b"\x00", 1)[1].decode()
                 for k, _ in txn.scan("consumers", prefix=consumer_key(aid, ""))
             ]
-            recs = [unpack(raw) for raw in (txn.get("steps", s.encode()) for s in sids) if raw]
-        return [StepRun(self, r) for r in sorted(recs, key=lambda r: r["seq"])]
+            raws = (txn.get("steps", s.encode()) for s in sids)
+            recs = [record(raw, "steps") for raw in raws if raw]
+            return [StepRun(self, r) for r in sorted(recs, key=lambda r: r["seq"])]
 
     def lineage(
         self,
@@ -354,7 +379,7 @@ class Catalog:
 
 def _run_record(txn: Txn, raw: bytes) -> dict[str, Any]:
     """A run's projection record with its ``steps`` (invocation -> step run id)."""
-    rec: dict[str, Any] = unpack(raw)
+    rec = record(raw, "runs")
     rec["steps"] = run_step_ids(txn, rec["id"])
     return rec
 

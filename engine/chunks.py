@@ -30,6 +30,7 @@ import zstandard
 from engine.blobs import BlobStore
 from engine.errors import IntegrityError
 from engine.kv import KV
+from engine.records import DECODE_ERRORS
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
@@ -114,7 +115,12 @@ class ChunkRecord:
 
     @classmethod
     def unpack(cls, raw: bytes) -> ChunkRecord:
-        codec, raw_len, loc, inline = msgpack.unpackb(raw, raw=False)
+        try:
+            codec, raw_len, loc, inline = msgpack.unpackb(raw, raw=False)
+        except DECODE_ERRORS as e:
+            raise IntegrityError(
+                f"a chunk index record is damaged ({type(e).__name__}: {e}); run `artledger verify`"
+            ) from e
         return cls(codec, raw_len, loc, inline)
 
 

@@ -61,11 +61,15 @@ def _store_path(args: argparse.Namespace) -> Path:
     return Path(args.store) if args.store else default_path()
 
 
+def _looks_like_store(path: Path) -> bool:
+    return any((path / name).exists() for name in ("ledger", "packs", "secret", "identity"))
+
+
 def _open(args: argparse.Namespace, *, create: bool = False) -> Store:
     from engine.store import Store
 
     path = _store_path(args)
-    if not create and not (path / "ledger" / "data.mdb").exists():
+    if not create and not _looks_like_store(path):
         raise StoreError(
             f"no store at {path}; pass --store PATH (or set ARTLEDGER_STORE), "
             "or create one with `artledger demo`"
@@ -427,6 +431,21 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    data = _store_path(args) / "ledger" / "data.mdb"
+    if data.is_file():
+        from engine.salvage import walk_ledger
+
+        # Read the whole ledger in a child process first: a damaged page can kill
+        # the process that reads it, and this one must live to say so.
+        problems = walk_ledger(data)
+        if problems:
+            problems.append("the store was not opened; `artledger recover` rebuilds the ledger")
+            if args.json:
+                print_json({"ok": False, "problems": problems, "remaining": problems})
+            else:
+                for p in problems:
+                    stdout().print(f"[red]problem:[/] {p}")
+            return EXIT_PROBLEM
     with _open(args) as store:
         with progress("verify") as update:
             report = store.verify(fix=args.fix, progress=update)
@@ -449,6 +468,49 @@ def cmd_verify(args: argparse.Namespace) -> int:
             return EXIT_PROBLEM
         out.print(f"[green]ok[/]: checked {checked}")
     return EXIT_OK
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from engine.store import Store
+
+    path = _store_path(args)
+    if not _looks_like_store(path):
+        raise StoreError(f"no store at {path}; pass --store PATH (or set ARTLEDGER_STORE)")
+    with progress("recover") as update:
+        report = Store.recover(path, from_export=args.from_file, progress=update)
+    if args.json:
+        print_json({**report.__dict__, "ok": report.ok})
+        return EXIT_OK if report.ok else EXIT_PROBLEM
+    out = stdout()
+    if report.moved_to is not None:
+        out.print(f"the old ledger was moved to {report.moved_to} (kept)")
+    if report.events_imported:
+        out.print(f"imported {report.events_imported} events from {args.from_file}")
+    else:
+        old = "" if report.events_in_old_log is None else f" (it had {report.events_in_old_log})"
+        got = f"events 1..{report.events_salvaged}" if report.events_salvaged else "no events"
+        out.print(f"salvaged {got} from the old ledger{old}")
+    if report.stopped_at is not None:
+        out.print(f"[yellow]salvage stopped at event {report.stopped_at}:[/] {report.stop_reason}")
+    out.print(
+        f"re-indexed {report.chunks_reindexed} chunks from {report.segments} pack segments "
+        f"({report.damaged_pack_records} damaged records skipped) and "
+        f"{report.inline_chunks} small chunks from the old chunk index"
+    )
+    for n in report.notes:
+        out.print(f"[yellow]note:[/] {n}")
+    if report.missing:
+        out.print(
+            f"[red]{len(report.missing)} artifact versions lost chunks:[/] "
+            + ", ".join(report.missing)
+        )
+    for p in report.problems:
+        out.print(f"[red]problem:[/] {p}")
+    if report.ok:
+        out.print(f"[green]ok[/]: recovered in {report.seconds:.2f} s")
+        return EXIT_OK
+    out.print(f"recovered in {report.seconds:.2f} s, with losses (above)")
+    return EXIT_PROBLEM
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -597,6 +659,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--fix", action="store_true", help="rebuild projections, truncate torn pack tails"
+    )
+    sp = add(
+        "recover",
+        cmd_recover,
+        "rebuild a lost or damaged ledger from what still reads, the packs, or an export",
+        json_flag=True,
+    )
+    sp.add_argument(
+        "--from",
+        dest="from_file",
+        metavar="FILE",
+        help="take the events from this `artledger export` stream",
     )
     sp = add("gc", cmd_gc, "reclaim chunks no live artifact version references", json_flag=True)
     sp.add_argument("--dry-run", action="store_true", help="report only")

@@ -58,7 +58,18 @@ class StoreFormatError(StoreError):
 
 
 class ReadOnlyStoreError(StoreError):
-    """A write was attempted on a read-only view (``store.as_of(...)``)."""
+    """A write was attempted on a store opened read-only (``Store.open(path,
+    readonly=True)``, a read-only filesystem, or a store this user cannot write)."""
+
+
+class LedgerMissingError(StoreError):
+    """The store was used (it has pack files, an identity or a secret) but its
+    ledger (``ledger/data.mdb``) is missing or empty; ``artledger recover`` rebuilds it."""
+
+
+class LedgerDamagedError(IntegrityError, StoreError):
+    """The ledger's data file is damaged (truncated, no valid meta page, or a
+    ledger that committed but holds no store format); ``artledger recover`` rebuilds it."""
 
 
 class ImportValidationError(ArtledgerError, ValueError):

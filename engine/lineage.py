@@ -12,8 +12,8 @@ import json
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from engine.log import unpack
 from engine.projections_runs import consumer_key
+from engine.records import record
 
 if TYPE_CHECKING:
     from engine.catalog import Catalog
@@ -92,7 +92,7 @@ def build_lineage(
             if aid in seen:
                 return seen[aid]
             raw = txn.get("artifacts", aid.encode())
-            rec = seen[aid] = None if raw is None else unpack(raw)
+            rec = seen[aid] = None if raw is None else record(raw, "artifacts")
             if rec is None:
                 return None
             g.nodes.setdefault(
@@ -104,13 +104,13 @@ def build_lineage(
                     "deleted": rec["deleted"] is not None,
                 },
             )
-            return rec  # type: ignore[no-any-return]
+            return rec
 
         def step(sid: str) -> dict[str, Any] | None:
             raw = txn.get("steps", sid.encode())
             if raw is None:
                 return None
-            rec = unpack(raw)
+            rec = record(raw, "steps")
             g.nodes.setdefault(
                 sid,
                 {
@@ -121,7 +121,7 @@ def build_lineage(
                     "run": rec["run"],
                 },
             )
-            return rec  # type: ignore[no-any-return]
+            return rec
 
         artifact(art.id)
         queue: deque[tuple[str, int]] = deque([(art.id, 0)])

@@ -24,15 +24,16 @@ from typing import TYPE_CHECKING, Any
 from engine import failpoints
 from engine.blobs import MAGIC, MemoryBlobStore, PackBlobStore
 from engine.chunks import ChunkRecord
-from engine.errors import ArtledgerError
+from engine.errors import ArtledgerError, IntegrityError
 from engine.kv import MemoryKV, Txn
-from engine.log import unpack
 from engine.projections import PROJECTION_DBS, fold
+from engine.records import DECODE_ERRORS, damage_boundary, record
 
 if TYPE_CHECKING:
     from engine.store import Store
 
 Progress = Callable[[str, int, int], None]
+_RECORD_DAMAGE: tuple[type[Exception], ...] = (IntegrityError, *DECODE_ERRORS)
 COMPACT_BELOW = 0.5
 COMPACT_HEADROOM = 1 << 20  # room kept free for the ledger while rewriting segments
 
@@ -70,7 +71,7 @@ def _live_refs(txn: Txn) -> dict[bytes, list[str]]:
     """digest -> labels of the live artifact versions that reference it."""
     refs: dict[bytes, list[str]] = defaultdict(list)
     for _, raw in txn.scan("artifacts"):
-        rec = unpack(raw)
+        rec = record(raw, "artifacts")
         if rec["deleted"] is not None:
             continue
         label = f"{rec['name']}:{rec['version']}"
@@ -81,41 +82,87 @@ def _live_refs(txn: Txn) -> dict[bytes, list[str]]:
     return refs
 
 
-def _all_refs(txn: Txn) -> dict[bytes, list[str]]:
+def _refs(txn: Txn, report: VerifyReport) -> tuple[dict[bytes, list[str]], dict[bytes, list[str]]]:
+    """digest -> labels of every artifact version that references it, and of
+    the live ones; a damaged artifact record is a problem, and skipped."""
     refs: dict[bytes, list[str]] = defaultdict(list)
-    for _, raw in txn.scan("artifacts"):
-        rec = unpack(raw)
-        label = f"artifact {rec['name']}:{rec['version']} (id {rec['id']})"
-        for f in list(rec["files"]) + [v[2] for v in rec.get("visualizations") or []]:
-            for d in f[3]:
-                refs[d].append(label)
-    return refs
+    live: dict[bytes, list[str]] = defaultdict(list)
+    for key, raw in txn.scan("artifacts"):
+        try:
+            rec = record(raw, "artifacts")
+            label = f"artifact {rec['name']}:{rec['version']} (id {rec['id']})"
+            files = list(rec["files"]) + [v[2] for v in rec.get("visualizations") or []]
+            digests = [d for f in files for d in f[3]]
+        except _RECORD_DAMAGE as e:
+            report.problems.append(
+                f"artifact record {key!r} is damaged ({e}); `artledger replay --rebuild` "
+                "refolds it from the log"
+            )
+            continue
+        for d in digests:
+            refs[d].append(label)
+            if rec["deleted"] is None:
+                live[d].append(label)
+    return refs, live
 
 
 def verify(store: Store, *, progress: Progress | None = None, fix: bool = False) -> VerifyReport:
+    """Every check, stage by stage: a stage that meets damage it cannot read
+    past (a damaged page of the ledger, a record that does not decode) is a
+    problem line, and the next stage still runs. Never raises for damage."""
     report = VerifyReport()
-    store.flush()
-    kv = store.kv
-    txn = kv.read()
     try:
+        store.flush()
+    except ArtledgerError as e:
+        report.problems.append(f"deferred events could not be committed: {e}")
+    kv = store.kv
+    where = f"the ledger at {getattr(kv, 'path', 'memory')}"
+
+    def stage(what: str, fn: Callable[[Txn], None]) -> None:
+        try:
+            txn = kv.read()
+        except ArtledgerError as e:
+            report.problems.append(f"verify could not {what}: {e}")
+            return
+        try:
+            with damage_boundary(where):
+                fn(txn)
+        except (ArtledgerError, OSError) as e:
+            report.problems.append(f"verify could not finish {what}: {e}")
+        finally:
+            kv.end_read(txn)
+
+    refs: dict[bytes, list[str]] = {}
+    live: dict[bytes, list[str]] = {}
+
+    def events(txn: Txn) -> None:
         head = store.log.head(txn)
-        report.problems += store.log.verify(
-            txn, None if progress is None else (lambda n: progress("events", n, head))
-        )
         report.checked["events"] = head
-        refs = _all_refs(txn)
-        live = _live_refs(txn)
-        # Manifests against the index.
+        report.problems.extend(
+            store.log.verify(
+                txn, None if progress is None else (lambda n: progress("events", n, head))
+            )
+        )
+
+    def artifacts(txn: Txn) -> None:
+        got, got_live = _refs(txn, report)
+        refs.update(got)
+        live.update(got_live)
+
+    def manifests(txn: Txn) -> None:
         for digest, labels in live.items():
             if txn.get("chunks", digest) is None:
                 report.problems.append(
                     f"chunk {digest.hex()} is missing from the index; needed by {', '.join(labels)}"
                 )
+
+    def chunks(txn: Txn) -> None:
         # Every chunk re-read and re-hashed; packs checked against the index.
         total = txn.count("chunks")
         n = 0
         for digest, raw in txn.scan("chunks"):
             n += 1
+            report.checked["chunks"] = n
             who = ", ".join(refs.get(digest, ["no artifact"]))
             try:
                 rec = ChunkRecord.unpack(raw)
@@ -149,57 +196,74 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
             if progress is not None and n % 64 == 0:
                 progress("chunks", n, total)
         report.checked["chunks"] = n
+
+    def packs(txn: Txn) -> None:
         # Pack files against the segment table.
-        if isinstance(store.blobs, PackBlobStore):
-            ends = {k.decode(): int.from_bytes(v, "big") for k, v in txn.scan("segments")}
-            for name, end in ends.items():
-                size = store.blobs.segment_size(name)
-                if size < 0:
-                    if any(
-                        ChunkRecord.unpack(v).loc and ChunkRecord.unpack(v).loc[0] == name  # type: ignore[index]
-                        for _, v in txn.scan("chunks")
-                    ):
-                        report.problems.append(f"pack segment {name}.pack is missing")
-                elif size < end:
-                    report.problems.append(
-                        f"pack segment {name}.pack is truncated: {size} bytes, {end} committed"
-                    )
-                elif size > end:
-                    report.notes.append(
-                        f"pack segment {name}.pack has {size - end} bytes past its committed "
-                        "end (an unfinished write; `verify --fix` truncates it)"
-                    )
-            for name in store.blobs.orphans(ends):
-                size = store.blobs.segment_size(name)
-                report.notes.append(
-                    f"pack segment {name}.pack ({size} bytes) is unknown to the ledger: left by "
-                    "a writer that stopped before its first commit; nothing references it "
-                    "(`artledger gc` deletes it)"
+        if not isinstance(store.blobs, PackBlobStore):
+            return
+        ends = {k.decode(): int.from_bytes(v, "big") for k, v in txn.scan("segments")}
+        for name, end in ends.items():
+            size = store.blobs.segment_size(name)
+            if size < 0:
+                if any(
+                    ChunkRecord.unpack(v).loc and ChunkRecord.unpack(v).loc[0] == name  # type: ignore[index]
+                    for _, v in txn.scan("chunks")
+                ):
+                    report.problems.append(f"pack segment {name}.pack is missing")
+            elif size < end:
+                report.problems.append(
+                    f"pack segment {name}.pack is truncated: {size} bytes, {end} committed"
                 )
-            report.checked["segments"] = len(ends)
+            elif size > end:
+                report.notes.append(
+                    f"pack segment {name}.pack has {size - end} bytes past its committed "
+                    "end (an unfinished write; `verify --fix` truncates it)"
+                )
+        for name in store.blobs.orphans(ends):
+            size = store.blobs.segment_size(name)
+            report.notes.append(
+                f"pack segment {name}.pack ({size} bytes) is unknown to the ledger: left by "
+                "a writer that stopped before its first commit; nothing references it "
+                "(`artledger gc` deletes it)"
+            )
+        report.checked["segments"] = len(ends)
+
+    def projections(txn: Txn) -> None:
         # Projections against a fresh fold.
         fresh = MemoryKV()
         w = fresh.unsafe_writer()
         fold(w, store.log.read(txn))
         ftxn = fresh.read()
         for db in PROJECTION_DBS:
-            live_items = list(txn.scan(db))
+            try:
+                live_items = list(txn.scan(db))
+            except ArtledgerError as e:
+                report.problems.append(f"projection {db!r} cannot be read: {e}")
+                continue
             fresh_items = list(ftxn.scan(db))
             if live_items != fresh_items:
                 report.problems.append(
                     f"projection {db!r} differs from a fresh fold of the log "
                     "(`artledger replay --rebuild` or `verify --fix` rebuilds it)"
                 )
-    except ArtledgerError as e:
-        report.problems.append(f"verify stopped early: {e}")
-    finally:
-        kv.end_read(txn)
+
+    stage("walk the event log", events)
+    stage("read the artifact records", artifacts)
+    stage("check manifests against the chunk index", manifests)
+    stage("re-read every chunk", chunks)
+    stage("check the pack files", packs)
+    stage("compare the projections with a fresh fold of the log", projections)
     if store._secret_problem:
         report.problems.append(store._secret_problem)
+    if store._identity_problem:
+        report.problems.append(store._identity_problem)
     if fix:
         if any(p.startswith("projection") for p in report.problems):
-            store.rebuild()
-            report.fixed.append("projections rebuilt from the log")
+            try:
+                store.rebuild()
+                report.fixed.append("projections rebuilt from the log")
+            except ArtledgerError as e:
+                report.problems.append(f"the projections could not be rebuilt: {e}")
         report.fixed += store._recover_packs()
     return report
 

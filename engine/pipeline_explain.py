@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from engine.cache_key import KeyComponents, explain_difference
 from engine.errors import InvalidArgumentError
 from engine.kv import Txn
-from engine.log import unpack
 from engine.projections_runs import history_key, slot_name
+from engine.records import record
 
 if TYPE_CHECKING:
     from engine.catalog import Catalog
@@ -38,9 +38,9 @@ def nearest_earlier(
         for _, sid in txn.scan("step_history", None, stop, prefix=prefix, reverse=True):
             raw = txn.get("steps", sid)
             if raw is not None:
-                rec: dict[str, Any] = unpack(raw)
+                rec = record(raw, "steps")
                 comps = txn.get("step_components", sid)
-                rec["components"] = None if comps is None else unpack(comps)
+                rec["components"] = None if comps is None else record(comps, "step_components")
                 return rec
     return None
 
@@ -102,7 +102,7 @@ def run_graph(catalog: Catalog, run: Run | str) -> LineageGraph:
             raw = txn.get("steps", sid.encode())
             if raw is None:
                 continue
-            srec = unpack(raw)
+            srec = record(raw, "steps")
             g.nodes[sid] = {
                 "kind": "step",
                 "name": inv,
@@ -115,7 +115,7 @@ def run_graph(catalog: Catalog, run: Run | str) -> LineageGraph:
                     araw = txn.get("artifacts", aid.encode())
                     if araw is None:
                         continue
-                    arec = unpack(araw)
+                    arec = record(araw, "artifacts")
                     g.nodes.setdefault(
                         aid,
                         {

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from engine import failpoints
+from engine import failpoints, ledger_file
 from engine.artifact_files import WriteFiles
 from engine.blobs import BlobStore, MemoryBlobStore, PackBlobStore
 from engine.catalog import Catalog, normalise_version
@@ -34,12 +34,16 @@ from engine.errors import (
     ArtifactNotFoundError,
     ArtledgerError,
     InvalidArgumentError,
+    LedgerDamagedError,
+    LedgerMissingError,
     MaterializerError,
+    ReadOnlyStoreError,
     StoreError,
     StoreFormatError,
     StoreSecretError,
 )
 from engine.kv import KV, LmdbKV, MemoryKV, Txn
+from engine.ledger_file import RECOVER_HINT, DataFile
 from engine.log import Event, EventLog
 from engine.models import ArtifactVersion, Run
 from engine.projections import (
@@ -50,10 +54,24 @@ from engine.projections import (
     next_version,
     version_key,
 )
+from engine.records import damage_boundary
+from engine.store_dir import (
+    CREATING,
+    IDENTITY,
+    Identity,
+    directory_lock,
+    evidence_of_use,
+    fsync_dir,
+    lock_usable,
+    read_identity,
+    readonly_reason,
+    write_identity,
+)
 
 if TYPE_CHECKING:
     from engine.history import HistoricalView
     from engine.maintenance import GcReport, VerifyReport
+    from engine.recover import RecoverReport
     from engine.transfer import ExportReport, ImportReport
 
 FORMAT_VERSION = 1
@@ -96,6 +114,17 @@ class Prepared:
     requested_version: int | str | None = None
 
 
+@dataclass(frozen=True)
+class _Options:
+    chunk_size: int
+    level: int
+    workers: int
+
+
+class _NoFormatError(LedgerDamagedError):
+    """A ledger that committed but holds no store format record."""
+
+
 class _ChunkGoneError(Exception):
     """A chunk found during dedup was collected before the commit."""
 
@@ -118,6 +147,9 @@ class Store(Catalog):
         chunk_size: int,
         level: int,
         workers: int,
+        create: bool = True,
+        readonly: str | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self.path = path
         self.kv = kv
@@ -125,12 +157,17 @@ class Store(Catalog):
         self.log = EventLog()
         self._secret = secret
         self._secret_problem: str | None = None
+        self._identity_problem: str | None = None
+        self._readonly = readonly
         self._deferred: list[tuple[str, dict[str, Any]]] = []
         self._deferred_lock = threading.Lock()
         self._closed = False
-        self._init_ledger()
+        self._init_ledger(create, identity)
         seed_raw = self._meta(b"seed")
-        assert seed_raw is not None
+        if seed_raw is None:
+            raise LedgerDamagedError(
+                f"the ledger at {self.path}/ledger has no chunk-address seed; {RECOVER_HINT}"
+            )
         self.chunks = ChunkStore(
             kv, blobs, _Q.unpack(seed_raw)[0], chunk_size=chunk_size, level=level, workers=workers
         )
@@ -145,9 +182,17 @@ class Store(Catalog):
         level: int = 3,
         workers: int = 2,
         map_size: int = 64 << 20,
+        readonly: bool = False,
     ) -> Store:
         """Open the store at ``path`` (None: ``$ARTLEDGER_STORE`` or ``./.artledger``),
-        creating it when missing."""
+        creating it when missing.
+
+        ``readonly`` opens it for reading only (every write raises
+        :class:`ReadOnlyStoreError`); a store on a read-only filesystem, or one
+        this user cannot write, is opened read-only without asking. A store
+        whose ledger is missing or damaged is refused
+        (:class:`LedgerMissingError`, :class:`LedgerDamagedError`), never
+        replaced by an empty one: :meth:`recover` rebuilds it."""
         root = Path(path) if path is not None else default_path()
         if chunk_size < 64 << 10:
             raise InvalidArgumentError(f"chunk_size {chunk_size} is too small (minimum 64 KiB)")
@@ -155,39 +200,100 @@ class Store(Catalog):
             raise StoreError(
                 f"store path {root} is a file, not a store directory; pass a directory path"
             )
-        try:
-            root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(f"cannot create the store directory {root}: {e}") from e
+        reason = "opened with readonly=True" if readonly else None
+        if not root.exists():
+            if reason is not None:
+                raise StoreError(f"no store at {root} (opened read-only: nothing is created)")
+            try:
+                root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"cannot create the store directory {root}: {e}") from e
+        reason = reason or readonly_reason(root)
         ledger = root / "ledger"
-        # lock.mdb alone: another process is creating the ledger right now (or was
-        # killed doing so); LMDB creates it before data.mdb.
-        if (
-            ledger.exists()
-            and not (ledger / "data.mdb").exists()
-            and any(p.name != "lock.mdb" for p in ledger.iterdir())
-        ):
-            raise StoreError(f"{ledger} exists but holds no ledger (data.mdb); is {root} a store?")
-        fresh = not (ledger / "data.mdb").exists()
-        secret, problem = _load_secret(root, create=fresh)
-        kv = LmdbKV(ledger, map_size=map_size)
-        blobs = PackBlobStore(root / "packs")
+        if ledger.exists() and not ledger.is_dir():
+            raise LedgerDamagedError(
+                f"{ledger} is a file, not the ledger directory; {RECOVER_HINT} "
+                "(it moves the file aside)"
+            )
+        options = _Options(chunk_size, level, workers)
+        df = ledger_file.check(ledger / "data.mdb")
+        if df.committed or df.state == "unknown":
+            try:
+                return cls._open_existing(root, reason, map_size, options)
+            except _NoFormatError:
+                # A creator may be between LMDB creating the databases and its first
+                # commit: it holds the directory lock until it is done. A creation
+                # that was killed there left its marker: finish it.
+                with directory_lock(root):
+                    if reason is None and (root / CREATING).exists():
+                        return cls._create(root, map_size, options)
+                    return cls._open_existing(root, reason, map_size, options)
+        if reason is not None:
+            _refuse_missing(root, df)
+            raise StoreError(f"no store at {root} (it is read-only, {reason}: none is created)")
+        with directory_lock(root):
+            # Another process may have created (or recovered) the ledger meanwhile.
+            df = ledger_file.check(ledger / "data.mdb")
+            if df.committed or df.state == "unknown":
+                return cls._open_existing(root, None, map_size, options)
+            _refuse_missing(root, df)
+            return cls._create(root, map_size, options)
+
+    @classmethod
+    def _open_existing(
+        cls,
+        root: Path,
+        reason: str | None,
+        map_size: int,
+        options: _Options,
+        *,
+        create: bool = False,
+    ) -> Store:
+        """Open the ledger at ``root``; with ``create``, initialise it when it
+        holds no store yet (only for a store being created)."""
+        ledger = root / "ledger"
+        secret, problem = _load_secret(root, create=create)
+        lock = reason is None or lock_usable(ledger)
+        kv = LmdbKV(ledger, map_size=map_size, readonly=reason, lock=lock)
+        blobs: PackBlobStore | None = None
         try:
+            blobs = PackBlobStore(root / "packs")
             store = cls(
                 kv,
                 blobs,
                 path=root,
                 secret=secret,
-                chunk_size=chunk_size,
-                level=level,
-                workers=workers,
+                chunk_size=options.chunk_size,
+                level=options.level,
+                workers=options.workers,
+                create=create,
+                readonly=reason,
             )
         except BaseException:
-            blobs.close()
+            if blobs is not None:
+                blobs.close()
             kv.close()
             raise
         store._check_secret(problem)
-        store._recover_packs()
+        store._check_identity(write=reason is None)
+        if reason is None:
+            store._recover_packs()
+            if not create:  # a creation that died after its first commit is complete
+                (root / CREATING).unlink(missing_ok=True)
+        return store
+
+    @classmethod
+    def _create(cls, root: Path, map_size: int, options: _Options) -> Store:
+        """A new store (the caller holds the directory lock and found no ledger
+        and no sign of use). ``.creating`` marks the creation until the ledger
+        and the identity file are written: an open that finds it finishes a
+        creation that was killed half-way."""
+        marker = root / CREATING
+        marker.touch(mode=0o600)
+        fsync_dir(root)
+        store = cls._open_existing(root, None, map_size, options, create=True)
+        marker.unlink(missing_ok=True)
+        fsync_dir(root)
         return store
 
     @classmethod
@@ -203,6 +309,30 @@ class Store(Catalog):
             workers=workers,
         )
 
+    @classmethod
+    def recover(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        from_export: str | os.PathLike[str] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> RecoverReport:
+        """Rebuild the ledger of the store at ``path`` after it was lost or damaged.
+
+        The old ledger is moved aside (``ledger.damaged-<time>``, never
+        deleted). The new one holds the events that still read from it (a
+        gapless prefix of the log whose hash chain holds, read in a child
+        process) or, with ``from_export``, the events of an ``artledger
+        export`` stream; every valid chunk found in the pack files,
+        re-indexed by digest; and the projections folded from those events.
+        The report says what was salvaged, where salvage stopped and why,
+        and which artifact versions lost chunks. Nothing is deleted; refused
+        while another process has the store open."""
+        from engine.recover import recover
+
+        root = Path(path) if path is not None else default_path()
+        return recover(cls, root, from_export=from_export, progress=progress)
+
     def _meta(self, key: bytes) -> bytes | None:
         txn = self.kv.read()
         try:
@@ -210,23 +340,31 @@ class Store(Catalog):
         finally:
             self.kv.end_read(txn)
 
-    def _init_ledger(self) -> None:
+    def _init_ledger(self, create: bool, identity: Identity | None) -> None:
+        ident = identity or Identity(secrets.token_hex(8), secrets.randbits(63))
+
         def init(txn: Txn) -> None:
             fmt = txn.get("meta", b"format")
             if fmt is not None:
                 return
             txn.put("meta", b"format", _Q.pack(FORMAT_VERSION))
-            txn.put("meta", b"seed", _Q.pack(secrets.randbits(63)))
-            store_id = secrets.token_hex(8)
-            txn.put("meta", b"store_id", store_id.encode())
-            txn.put("meta", b"secret_fp", _fingerprint(self._secret))
+            txn.put("meta", b"seed", _Q.pack(ident.seed))
+            txn.put("meta", b"store_id", ident.store_id.encode())
+            txn.put("meta", b"secret_fp", ident.secret_fp or _fingerprint(self._secret))
             for e in self.log.append(
-                txn, [("store.created", {"store_id": store_id, "format": FORMAT_VERSION})]
+                txn, [("store.created", {"store_id": ident.store_id, "format": FORMAT_VERSION})]
             ):
                 apply(txn, e)
 
         fmt = self._meta(b"format")
         if fmt is None:
+            if not create:
+                self.kv.close()
+                raise _NoFormatError(
+                    f"the ledger at {self.path}/ledger has committed transactions but no "
+                    f"store format record: it is damaged (or not an artledger ledger); "
+                    f"{RECOVER_HINT}"
+                )
             self.kv.write(init)
             return
         version = _Q.unpack(fmt)[0]
@@ -235,6 +373,36 @@ class Store(Catalog):
             raise StoreFormatError(
                 f"the store at {self.path} has format version {version}, newer than this "
                 f"artledger supports ({FORMAT_VERSION}); upgrade artledger to open it"
+            )
+
+    def identity(self) -> Identity:
+        """The store id, chunk-address seed and secret fingerprint, from the ledger."""
+        fp = self._meta(b"secret_fp")
+        return Identity(self.store_id, self.chunks.seed, fp)
+
+    def _check_identity(self, *, write: bool) -> None:
+        """Write ``<store>/identity`` when missing; note when it disagrees with the ledger."""
+        assert self.path is not None
+        ours = self.identity()
+        found = read_identity(self.path)
+        if found is None:
+            if write and not (self.path / IDENTITY).exists():
+                with contextlib.suppress(OSError):
+                    write_identity(self.path, ours)
+            return
+        if (found.store_id, found.seed) != (ours.store_id, ours.seed):
+            self._identity_problem = (
+                f"the identity file {self.path / IDENTITY} names store {found.store_id}, but "
+                f"the ledger is store {ours.store_id}: it was copied from another store; "
+                "move it aside (the next open writes the right one)"
+            )
+
+    def _check_writable(self, what: str) -> None:
+        self._check_open()
+        if self._readonly is not None:
+            raise ReadOnlyStoreError(
+                f"the store at {self.path} is read-only ({self._readonly}): cannot {what}; "
+                "nothing was written"
             )
 
     def _check_secret(self, problem: str | None) -> None:
@@ -315,7 +483,7 @@ class Store(Catalog):
     ) -> list[Event]:
         """Append deferred events plus ``build(txn)``'s, fold them, index the
         sessions' chunks, and commit durably, all in one transaction."""
-        self._check_open()
+        self._check_writable("commit")
         sessions = list(sessions)
         try:
             return self._commit(build, sessions)
@@ -382,7 +550,7 @@ class Store(Catalog):
         """Materialize ``obj`` into chunks (durable after the next commit)."""
         from materializers import registry
 
-        self._check_open()
+        self._check_writable(f"save artifact {name!r}")
         _check_name(name)
         version = normalise_version(version)
         tags = _check_tags(tags)
@@ -591,6 +759,7 @@ class Store(Catalog):
     # -- maintenance ---------------------------------------------------------------
     def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Drop every projection and fold the whole log again; events folded."""
+        self._check_writable("rebuild the projections")
         self.flush()
 
         def fn(txn: Txn) -> int:
@@ -612,21 +781,46 @@ class Store(Catalog):
         return self.kv.write(fn)
 
     def verify(
-        self, *, fix: bool = False, progress: Callable[[str, int, int], None] | None = None
+        self,
+        *,
+        fix: bool = False,
+        progress: Callable[[str, int, int], None] | None = None,
+        isolate: bool = False,
     ) -> VerifyReport:
         """Check the hash chain, every chunk, the projections and the packs.
 
-        With ``fix``: rebuild projections that differ from the log and
-        truncate torn pack tails (referenced data is never deleted)."""
-        from engine.maintenance import verify
+        Damage is reported as problems, stage by stage, never raised. With
+        ``fix``: rebuild projections that differ from the log and truncate
+        torn pack tails (referenced data is never deleted). With ``isolate``:
+        first read every record of the ledger in a child process, and stop
+        there if that kills it (a damaged size inside an LMDB page crashes
+        the process that reads it; ``artledger verify`` does this)."""
+        from engine.maintenance import VerifyReport, verify
 
+        if fix:
+            self._check_writable("fix what verify finds")
+        if isolate and self.path is not None:
+            from engine.salvage import walk_ledger
+
+            problems = walk_ledger(self.path / "ledger" / "data.mdb")
+            if problems:
+                return VerifyReport(
+                    problems=[
+                        *problems,
+                        "the ledger was not checked further in this process (reading it would "
+                        "kill it); `artledger recover` rebuilds the ledger",
+                    ]
+                )
         return verify(self, progress=progress, fix=fix)
 
     def gc(self, dry_run: bool = False, *, explain: bool = False) -> GcReport:
         """Reclaim chunks no live artifact version references."""
         from engine.maintenance import gc
 
-        return gc(self, dry_run=dry_run, explain=explain)
+        if not dry_run:
+            self._check_writable("collect garbage")
+        with damage_boundary(f"gc on the ledger at {self.path}"):
+            return gc(self, dry_run=dry_run, explain=explain)
 
     def export(
         self,
@@ -640,9 +834,10 @@ class Store(Catalog):
         the runs that made them). Format: ``engine.transfer``."""
         from engine.transfer import export_stream
 
-        return export_stream(
-            self, path, names=None if names is None else list(names), progress=progress
-        )
+        with damage_boundary(f"export of the ledger at {self.path}"):
+            return export_stream(
+                self, path, names=None if names is None else list(names), progress=progress
+            )
 
     @classmethod
     def import_(
@@ -659,8 +854,10 @@ class Store(Catalog):
         from engine.transfer import import_stream
 
         if isinstance(into, Store):
+            into._check_writable("import")
             return import_stream(into, path, trust_pickles=trust_pickles, progress=progress)
         with cls.open(into) as store:
+            store._check_writable("import")
             return import_stream(store, path, trust_pickles=trust_pickles, progress=progress)
 
     def as_of(self, when: Any) -> HistoricalView:
@@ -669,7 +866,8 @@ class Store(Catalog):
         from engine.history import HistoricalView
 
         self.flush()
-        return HistoricalView.build(self, when)
+        with damage_boundary(f"the ledger at {self.path}"):
+            return HistoricalView.build(self, when)
 
     def run(self, pipeline: Any, /, **params: Any) -> Any:
         """Run ``pipeline`` on this store; every event of the run is durable on return.
@@ -680,6 +878,7 @@ class Store(Catalog):
         the run is recorded as failed."""
         from engine.runner import run_pipeline
 
+        self._check_writable(f"run pipeline {getattr(pipeline, '__name__', pipeline)!r}")
         enable_cache = params.pop("enable_cache", None)
         return run_pipeline(self, pipeline, params, enable_cache)
 
@@ -744,6 +943,24 @@ def _safe_call(fn: Callable[[Any], Any], obj: Any, what: str) -> Any:
             f"{what} failed ({type(e).__name__}: {e}); skipped", UserWarning, stacklevel=3
         )
         return None
+
+
+def _refuse_missing(root: Path, df: DataFile) -> None:
+    """Raise :class:`LedgerMissingError` when ``root`` was used but its ledger is gone."""
+    used = evidence_of_use(root)
+    if used is None:
+        return
+    what = {
+        "missing": "is missing",
+        "empty": "is empty (0 bytes)",
+        "blank": "holds a ledger that never committed anything",
+    }.get(df.state, f"is unusable ({df.state})")
+    raise LedgerMissingError(
+        f"the store at {root} was used ({used}) but its ledger {df.path} {what}; "
+        "refusing to start a new, empty ledger over it (every artifact would disappear and "
+        f"the pack files' chunks would be unreachable). {RECOVER_HINT[0].upper()}"
+        f"{RECOVER_HINT[1:]}"
+    )
 
 
 def _fingerprint(secret: bytes) -> bytes:
