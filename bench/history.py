@@ -15,7 +15,7 @@ ABOUT = (
     "step.completed per step; runs of 1,000 steps; the first 10,000 steps one chain across "
     "runs), appended in batches through the live fold. Then: `rebuild()` events/s against "
     "the floor of scanning and unpacking the same log in the same run; `as_of` latency; "
-    "upstream lineage at depths 10 to 10,000; cache lookup p50/p99 (`engine.cache.lookup`)."
+    "upstream lineage at depths 10 to 10,000; cache lookup p50/p99 (`pipelines.cache.lookup`)."
 )
 PARAMS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -155,9 +155,11 @@ def run(ctx: Context) -> Result:
             )
         )
         try:
-            from engine.cache import lookup
+            from engine.pipelines.cache import lookup
         except ImportError:
-            res.notes.append("engine.cache.lookup is not available: cache lookups skipped.")
+            res.notes.append(
+                "engine.pipelines.cache.lookup is not available: cache lookups skipped."
+            )
         else:
             rng = random.Random(3)
             keys = [rng.choice(gen.keys) for _ in range(p["lookups"])]

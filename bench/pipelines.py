@@ -16,7 +16,7 @@ ABOUT = (
     "source, many leaves), run once executed (new input: every step misses) and again fully "
     "cached, through `store.run`; per-step cost against `joblib.Memory` on the same function "
     "(miss and hit) in the same run. The lineage of the chain's last artifact, a cache lookup "
-    "(`engine.cache.lookup`), and `as_of` over a 100k-event log (synthetic pipeline events)."
+    "(`pipelines.cache.lookup`), and `as_of` over a 100k-event log (synthetic pipeline events)."
 )
 PARAMS: dict[str, dict[str, Any]] = {
     "tiny": {"chain": 20, "fan": 20, "events": 3_000, "lookups": 50},
@@ -154,7 +154,7 @@ def run(ctx: Context) -> Result:
                 )
             )
             try:
-                from engine.cache import lookup
+                from engine.pipelines.cache import lookup
             except ImportError:
                 lookup = None
             if lookup is not None:
@@ -169,11 +169,13 @@ def run(ctx: Context) -> Result:
                             pct(lat, q) * 1e6,
                             "µs",
                             goal=("ours<=", 20.0),
-                            note=f"engine.cache.lookup over {gen.steps:,} cached step runs",
+                            note=f"cache lookup over {gen.steps:,} cached step runs",
                         )
                     )
             else:
-                res.notes.append("engine.cache.lookup is not available: cache lookup skipped.")
+                res.notes.append(
+                    "engine.pipelines.cache.lookup is not available: cache lookup skipped."
+                )
             head = s.head
             t = median_time(lambda _: s.as_of(head), max(1, ctx.repeats // 2))
             res.add(

@@ -27,26 +27,25 @@ from engine.errors import (
     UntrustedArtifactError,
 )
 
-# Imported eagerly (it is light): ``engine.pipeline`` must be the decorator, not
-# the submodule the import system would otherwise bind to that attribute.
-from engine.pipeline import pipeline, step
+# Imported eagerly (it is light).
+from engine.pipelines.definition import pipeline, step
 
 if TYPE_CHECKING:
     from engine.api import active_store, load_artifact, save_artifact, use_store
-    from engine.lineage import LineageGraph
-    from engine.log import Event
-    from engine.models import ArtifactVersion, Run, StepRun
+    from engine.query.lineage import LineageGraph
+    from engine.query.models import ArtifactVersion, Run, StepRun
+    from engine.storage.log import Event
     from engine.store import Store
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "Store": "engine.store",
-    "ArtifactVersion": "engine.models",
-    "Run": "engine.models",
-    "StepRun": "engine.models",
-    "Event": "engine.log",
-    "LineageGraph": "engine.lineage",
+    "ArtifactVersion": "engine.query.models",
+    "Run": "engine.query.models",
+    "StepRun": "engine.query.models",
+    "Event": "engine.storage.log",
+    "LineageGraph": "engine.query.lineage",
     "save_artifact": "engine.api",
     "load_artifact": "engine.api",
     "use_store": "engine.api",

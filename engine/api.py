@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from engine.models import ArtifactVersion
+    from engine.query.models import ArtifactVersion
     from engine.store import Store
 
 _local = threading.local()

@@ -3,8 +3,8 @@
 Each error inherits from :class:`ArtledgerError` and, where one fits, from the
 matching builtin, so ``except KeyError`` keeps working for lookups. Messages
 name the thing that is wrong and the fix. Driver errors (``lmdb.Error``,
-``OSError`` from pack files) are translated at one boundary in ``engine.kv`` and
-``engine.blobs``; nothing else in the package lets them escape.
+``OSError`` from pack files) are translated at one boundary in ``engine.storage.kv`` and
+``engine.storage.blobs``; nothing else in the package lets them escape.
 """
 
 from __future__ import annotations

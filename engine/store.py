@@ -25,11 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from engine import failpoints, ledger_file
-from engine.artifact_files import WriteFiles
-from engine.blobs import BlobStore, MemoryBlobStore, PackBlobStore
-from engine.catalog import Catalog, normalise_version
-from engine.chunks import ChunkStore, WriteSession, content_hash
+from engine import failpoints
 from engine.errors import (
     ArtifactNotFoundError,
     ArtledgerError,
@@ -42,20 +38,7 @@ from engine.errors import (
     StoreFormatError,
     StoreSecretError,
 )
-from engine.kv import KV, LmdbKV, MemoryKV, Txn
-from engine.ledger_file import RECOVER_HINT, DataFile
-from engine.log import Event, EventLog
-from engine.models import ArtifactVersion, Run
-from engine.projections import (
-    MAX_VERSION,
-    PROJECTION_DBS,
-    apply,
-    fold,
-    next_version,
-    version_key,
-)
-from engine.records import damage_boundary
-from engine.store_dir import (
+from engine.ledger.layout import (
     CREATING,
     IDENTITY,
     Identity,
@@ -67,12 +50,25 @@ from engine.store_dir import (
     readonly_reason,
     write_identity,
 )
+from engine.projections import PROJECTION_DBS, apply, fold
+from engine.projections.fold import next_version
+from engine.projections.keys import MAX_VERSION, version_key
+from engine.projections.records import damage_boundary
+from engine.query.catalog import Catalog, normalise_version
+from engine.query.models import ArtifactVersion, Run
+from engine.storage import lmdb_file as ledger_file
+from engine.storage.blobs import BlobStore, MemoryBlobStore, PackBlobStore
+from engine.storage.chunks import ChunkStore, WriteSession, content_hash
+from engine.storage.files import WriteFiles
+from engine.storage.kv import KV, LmdbKV, MemoryKV, Txn
+from engine.storage.lmdb_file import RECOVER_HINT, DataFile
+from engine.storage.log import Event, EventLog
 
 if TYPE_CHECKING:
-    from engine.history import HistoricalView
-    from engine.maintenance import GcReport, VerifyReport
-    from engine.recover import RecoverReport
-    from engine.transfer import ExportReport, ImportReport
+    from engine.ops.maintenance import GcReport, VerifyReport
+    from engine.ops.recover import RecoverReport
+    from engine.ops.transfer import ExportReport, ImportReport
+    from engine.query.history import HistoricalView
 
 FORMAT_VERSION = 1
 DEFAULT_DIR = ".artledger"
@@ -328,7 +324,7 @@ class Store(Catalog):
         The report says what was salvaged, where salvage stopped and why,
         and which artifact versions lost chunks. Nothing is deleted; refused
         while another process has the store open."""
-        from engine.recover import recover
+        from engine.ops.recover import recover
 
         root = Path(path) if path is not None else default_path()
         return recover(cls, root, from_export=from_export, progress=progress)
@@ -795,12 +791,12 @@ class Store(Catalog):
         first read every record of the ledger in a child process, and stop
         there if that kills it (a damaged size inside an LMDB page crashes
         the process that reads it; ``artledger verify`` does this)."""
-        from engine.maintenance import VerifyReport, verify
+        from engine.ops.maintenance import VerifyReport, verify
 
         if fix:
             self._check_writable("fix what verify finds")
         if isolate and self.path is not None:
-            from engine.salvage import walk_ledger
+            from engine.ops.salvage import walk_ledger
 
             problems = walk_ledger(self.path / "ledger" / "data.mdb")
             if problems:
@@ -815,7 +811,7 @@ class Store(Catalog):
 
     def gc(self, dry_run: bool = False, *, explain: bool = False) -> GcReport:
         """Reclaim chunks no live artifact version references."""
-        from engine.maintenance import gc
+        from engine.ops.maintenance import gc
 
         if not dry_run:
             self._check_writable("collect garbage")
@@ -831,8 +827,8 @@ class Store(Catalog):
     ) -> ExportReport:
         """Write a portable, checksummed stream of the log and its chunks to
         ``path`` (with ``names``: those artifacts, their upstream lineage and
-        the runs that made them). Format: ``engine.transfer``."""
-        from engine.transfer import export_stream
+        the runs that made them). Format: ``engine.ops.transfer``."""
+        from engine.ops.transfer import export_stream
 
         with damage_boundary(f"export of the ledger at {self.path}"):
             return export_stream(
@@ -851,7 +847,7 @@ class Store(Catalog):
         """Validate the stream at ``path`` completely, then import it into
         ``into`` (a store, or a path opened like :meth:`open`) all-or-nothing.
         Imported pickles stay untrusted unless ``trust_pickles``."""
-        from engine.transfer import import_stream
+        from engine.ops.transfer import import_stream
 
         if isinstance(into, Store):
             into._check_writable("import")
@@ -863,7 +859,7 @@ class Store(Catalog):
     def as_of(self, when: Any) -> HistoricalView:
         """A read-only view of the store as it was after event ``when`` (a
         sequence number) or at a ``datetime``."""
-        from engine.history import HistoricalView
+        from engine.query.history import HistoricalView
 
         self.flush()
         with damage_boundary(f"the ledger at {self.path}"):
@@ -874,9 +870,9 @@ class Store(Catalog):
 
         ``enable_cache=True|False`` is the run option (it overrides steps and the
         pipeline); every other keyword is a pipeline parameter. Returns the
-        :class:`~engine.models.Run`; a failing step's exception propagates after
+        :class:`~engine.query.models.Run`; a failing step's exception propagates after
         the run is recorded as failed."""
-        from engine.runner import run_pipeline
+        from engine.pipelines.runner import run_pipeline
 
         self._check_writable(f"run pipeline {getattr(pipeline, '__name__', pipeline)!r}")
         enable_cache = params.pop("enable_cache", None)
@@ -884,8 +880,8 @@ class Store(Catalog):
 
     def explain(self, step_run: Any) -> list[str]:
         """Why a step ran: what differs from the nearest earlier run of that step."""
-        from engine.models import StepRun
-        from engine.pipeline_explain import explain
+        from engine.pipelines.explain import explain
+        from engine.query.models import StepRun
 
         if not isinstance(step_run, StepRun):
             step_run = self.get_step_run(step_run)

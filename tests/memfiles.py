@@ -201,12 +201,12 @@ class StoreFilesFactory:
         self._readers: list[Any] = []
 
     def new(self) -> ArtifactFiles:
-        from engine.artifact_files import WriteFiles
+        from engine.storage.files import WriteFiles
 
         return WriteFiles(self.store.chunks.session(), self.store._secret)
 
     def saved(self, files: ArtifactFiles) -> ArtifactFiles:
-        from engine.artifact_files import ReadFiles, WriteFiles
+        from engine.storage.files import ReadFiles, WriteFiles
 
         assert isinstance(files, WriteFiles)
         files.finish()

@@ -13,8 +13,8 @@ from typing import Any
 import msgpack
 import xxhash
 
-from engine.chunks import FileEntry, content_hash
-from engine.transfer_stream import FRAME, MAGIC, PREAMBLE, Writer
+from engine.ops.stream import FRAME, MAGIC, PREAMBLE, Writer
+from engine.storage.chunks import FileEntry, content_hash
 
 Frames = list[tuple[bytes, bytes]]
 

@@ -1,5 +1,5 @@
 """The ``artledger`` command: a few runs of the installed command as a subprocess,
-and every command in-process through ``engine.cli.main`` (same code, no start-up cost)."""
+and every command in-process through ``engine.cli.main.main`` (same code, no start-up cost)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 import engine
 from engine import Store
-from engine.cli import main
+from engine.cli.main import main
 
 EXE = (
     [shutil.which("artledger") or ""]

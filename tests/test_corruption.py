@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 
 from engine import IntegrityError, Store, UntrustedArtifactError
-from engine.blobs import HEADER
-from engine.chunks import ChunkRecord
-from engine.kv import Txn
-from engine.log import seq_key
+from engine.storage.blobs import HEADER
+from engine.storage.chunks import ChunkRecord
+from engine.storage.kv import Txn
+from engine.storage.log import seq_key
 
 VICTIM = np.random.default_rng(5).random(40_000)  # 320 KB: five 64 KiB raw chunks
 BYSTANDER = np.random.default_rng(6).random(30_000)

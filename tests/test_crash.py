@@ -315,7 +315,7 @@ def test_crashtest_checker_catches_lost_and_wrong_writes(disk_store: Store) -> N
 
 
 def test_every_crash_point_is_placed_in_the_engine() -> None:
-    source = "".join(p.read_text() for p in (ROOT / "engine").glob("*.py"))
+    source = "".join(p.read_text() for p in (ROOT / "engine").rglob("*.py"))
     placed = set(re.findall(r'failpoints\.hit\("([^"]+)"\)', source))
     assert set(failpoints.CRASH_POINTS) <= placed
     assert placed - set(failpoints.CRASH_POINTS) == {"gc.before_compact_copy"}

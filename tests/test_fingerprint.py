@@ -26,9 +26,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.cache_key import CACHE_FORMAT_VERSION, KeyComponents, explain_difference
 from engine.errors import InvalidArgumentError, UnhashableParameterError
-from engine.fingerprint import canonical, code_fingerprint, digest
+from engine.pipelines.cache_key import CACHE_FORMAT_VERSION, KeyComponents, explain_difference
+from engine.pipelines.fingerprint import canonical, code_fingerprint, digest
 
 LoadModule = Callable[..., types.ModuleType]
 
@@ -350,11 +350,11 @@ def test_stdlib_and_packages_are_not_in_the_recipe(load_module: LoadModule) -> N
 def test_engine_code_is_not_user_code(load_module: LoadModule) -> None:
     module = load_module(
         """
-        import engine.fingerprint
-        from engine.fingerprint import canonical
+        import engine.pipelines.fingerprint
+        from engine.pipelines.fingerprint import canonical
 
         def train(x):
-            return engine.fingerprint.digest(canonical(x))
+            return engine.pipelines.fingerprint.digest(canonical(x))
         """
     )
     assert list(code_fingerprint(module.train).recipe) == [f"{module.__name__}:train"]

@@ -27,8 +27,8 @@ from engine import (
     pipeline,
     step,
 )
-from engine.kv import Txn
-from engine.transfer_stream import FRAME, MAGIC, PREAMBLE, Writer
+from engine.ops.stream import FRAME, MAGIC, PREAMBLE, Writer
+from engine.storage.kv import Txn
 
 Snapshot = tuple[int, list[tuple[str, Any, list[str]]], dict[str, int]]
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from engine import Store
-from engine.kv import Txn
-from engine.projections import next_version
+from engine.projections.fold import next_version
+from engine.storage.kv import Txn
 from materializers import BaseMaterializer
 from materializers.builtins import DATA_FILE, RAW_FILE, RAW_MIN, encode
 

@@ -33,8 +33,8 @@ from engine import (
     Store,
     StoreError,
 )
-from engine.kv import LmdbKV, Txn
-from engine.ledger_file import inspect
+from engine.storage.kv import LmdbKV, Txn
+from engine.storage.lmdb_file import inspect
 
 ARRAY = np.random.default_rng(3).random(40_000)  # 320 KB: five 64 KiB chunks in a pack
 CFG = {"lr": 0.1, "layers": [3, 4]}  # inline in the chunk index

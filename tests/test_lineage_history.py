@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from engine import Store, pipeline, step
-from engine.cache import lookup
-from engine.pipeline_explain import run_graph
+from engine.pipelines.cache import lookup
+from engine.pipelines.explain import run_graph
 
 
 @step

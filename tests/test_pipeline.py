@@ -22,7 +22,7 @@ import pytest
 
 import engine
 from engine import PipelineError, Store, UnhashableParameterError, pipeline, step
-from engine.models import Run
+from engine.query.models import Run
 from materializers.cloudpickle_materializer import CloudpickleMaterializer
 
 CALLS: list[str] = []
@@ -545,7 +545,7 @@ def test_demo_runs_twice_and_the_second_run_is_cached(store: Store) -> None:
 
     from rich.console import Console
 
-    from engine.demo import run_demo
+    from engine.cli.demo import run_demo
 
     out = io.StringIO()
     run_demo(store, Console(file=out, width=160))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from engine import Store, StoreError
-from engine.kv import MAX_READERS
+from engine.storage.kv import MAX_READERS
 
 PROCESSES = MAX_READERS // 2 + 2  # each holds two reads: more than every slot
 

@@ -19,7 +19,7 @@ import pytest
 
 import engine
 from engine import ReadOnlyStoreError, Store, StoreError
-from engine.cli import main
+from engine.cli.main import main
 
 ARRAY = np.random.default_rng(8).random(30_000)
 

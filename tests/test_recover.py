@@ -24,9 +24,9 @@ import pytest
 
 import engine
 from engine import ArtledgerError, LedgerMissingError, Store, StoreError
-from engine.cli import main
-from engine.ledger_pages import leaf_records
-from engine.recover import RecoverReport
+from engine.cli.main import main
+from engine.ops.recover import RecoverReport
+from engine.storage.lmdb_pages import leaf_records
 
 CHUNK = 64 << 10
 

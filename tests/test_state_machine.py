@@ -33,7 +33,7 @@ from hypothesis.stateful import (
 )
 
 from engine import ArtifactNotFoundError, InvalidArgumentError, Store, pipeline, step
-from engine.log import pack
+from engine.storage.log import pack
 
 NAMES = st.sampled_from(["a", "b", "model/weights", "ünï"])
 TAGS = st.lists(st.sampled_from(["best", "prod", "x", "y"]), max_size=3)

@@ -19,9 +19,9 @@ from engine import (
     StoreError,
     StoreFormatError,
 )
-from engine.kv import LmdbKV
-from engine.log import register_upcaster, seq_key
 from engine.projections import PROJECTION_DBS
+from engine.storage.kv import LmdbKV
+from engine.storage.log import register_upcaster, seq_key
 
 
 def dump_projections(store: Store) -> dict[str, list[tuple[bytes, bytes]]]:
@@ -153,7 +153,7 @@ def test_zeros_compress(store: Store) -> None:
 
 
 def test_random_data_is_stored_raw(store: Store) -> None:
-    from engine.chunks import CODEC_RAW, ChunkRecord
+    from engine.storage.chunks import CODEC_RAW, ChunkRecord
 
     store.save_artifact(np.random.default_rng(4).random(1 << 18), "noise")
     txn = store.kv.read()
@@ -195,7 +195,7 @@ def test_as_of_shows_the_past(store: Store) -> None:
 
 
 def test_upcaster_reads_old_schema(disk_store: Store) -> None:
-    from engine import log
+    from engine.storage import log
 
     def write_old(txn: object) -> None:
         disk_store.log.append(txn, [("test.legacy", {"old_name": 5})])  # type: ignore[arg-type]
@@ -234,7 +234,7 @@ def test_flipped_pack_byte_names_the_artifact(tmp_path: Path) -> None:
         s.save_artifact(np.random.default_rng(5).random(100_000), "victim")
         s.save_artifact(np.random.default_rng(6).random(100_000), "bystander")
         victim = s.get_artifact("victim")
-        from engine.chunks import ChunkRecord
+        from engine.storage.chunks import ChunkRecord
 
         txn = s.kv.read()
         rec = ChunkRecord.unpack(txn.get("chunks", victim.record()["files"][0][3][1]))

@@ -12,9 +12,9 @@ import pytest
 
 import engine
 from engine import ImportValidationError, Store, UntrustedArtifactError
+from engine.ops.stream import FORMAT, FRAME, MAGIC, PREAMBLE, Writer
+from engine.ops.transfer import copy_history
 from engine.projections import PROJECTION_DBS
-from engine.transfer import copy_history
-from engine.transfer_stream import FORMAT, FRAME, MAGIC, PREAMBLE, Writer
 from materializers.cloudpickle_materializer import CloudpickleMaterializer
 
 # -- helpers ---------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def rewrite(
     it back with valid framing (a forged stream that only content checks can catch)."""
     header, events, chunks = read_stream(src)
     edit(events, chunks)
-    from engine.log import pack
+    from engine.storage.log import pack
 
     with open(dst, "wb") as f:
         w = Writer(f)

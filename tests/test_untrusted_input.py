@@ -33,7 +33,7 @@ from streams import (
     unpack,
 )
 
-import engine.transfer_scan
+import engine.ops.stream_scan
 from engine import (
     ImportValidationError,
     InvalidArgumentError,
@@ -41,10 +41,10 @@ from engine import (
     Store,
     StoreSecretError,
 )
-from engine.chunks import FileEntry, content_hash
-from engine.kv import Txn
-from engine.log import chain, pack, seq_key
 from engine.projections import apply
+from engine.storage.chunks import FileEntry, content_hash
+from engine.storage.kv import Txn
+from engine.storage.log import chain, pack, seq_key
 from materializers import BaseMaterializer, allow, registry
 from materializers.builtins import decode, encode
 
@@ -511,15 +511,15 @@ def test_hashing_is_bounded_by_the_stream_size(
         src.save_artifact(Named("big", data, repeat=64), "big")
         src.export(tmp_path / "k.alx")
     size = (tmp_path / "k.alx").stat().st_size
-    monkeypatch.setattr(engine.transfer_scan, "HASH_BUDGET_BASE", 0)
-    monkeypatch.setattr(engine.transfer_scan, "HASH_BUDGET_PER_BYTE", 32)  # < 64 x 64 KiB
+    monkeypatch.setattr(engine.ops.stream_scan, "HASH_BUDGET_BASE", 0)
+    monkeypatch.setattr(engine.ops.stream_scan, "HASH_BUDGET_PER_BYTE", 32)  # < 64 x 64 KiB
     with Store.open(tmp_path / "dst") as dst:
         before = _state(dst)
         with pytest.raises(ImportValidationError, match="amplification") as e:
             Store.import_(tmp_path / "k.alx", into=dst)
         assert str(32 * size) in str(e.value)
         assert _state(dst) == before
-        monkeypatch.setattr(engine.transfer_scan, "HASH_BUDGET_PER_BYTE", 80)
+        monkeypatch.setattr(engine.ops.stream_scan, "HASH_BUDGET_PER_BYTE", 80)
         Store.import_(tmp_path / "k.alx", into=dst)
         assert dst.load_artifact("big") == data * 64
 

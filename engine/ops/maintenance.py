@@ -1,0 +1,427 @@
+"""verify (fsck) and gc.
+
+**verify** walks the hash chain, re-reads and re-hashes every chunk, checks
+every live manifest against the chunk index, compares the projections with a
+fresh fold of the log, and checks pack files against the index. Every
+problem names what is damaged: an event seq, a chunk and the artifacts that
+use it, a pack segment.
+
+**gc** has one liveness rule: a chunk lives while a non-deleted artifact
+version references it. Dead index entries are dropped in one transaction
+that also appends ``gc.completed``; pack segments that are mostly dead are
+rewritten; files are deleted only after the index commit that dropped them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from engine import failpoints
+from engine.errors import ArtledgerError, IntegrityError
+from engine.projections import PROJECTION_DBS, fold
+from engine.projections.records import DECODE_ERRORS, damage_boundary, record
+from engine.storage.blobs import MAGIC, MemoryBlobStore, PackBlobStore
+from engine.storage.chunks import ChunkRecord
+from engine.storage.kv import MemoryKV, Txn
+
+if TYPE_CHECKING:
+    from engine.store import Store
+
+Progress = Callable[[str, int, int], None]
+_RECORD_DAMAGE: tuple[type[Exception], ...] = (IntegrityError, *DECODE_ERRORS)
+COMPACT_BELOW = 0.5
+COMPACT_HEADROOM = 1 << 20  # room kept free for the ledger while rewriting segments
+
+
+@dataclass
+class VerifyReport:
+    """What ``store.verify()`` found: ``ok`` when ``problems`` is empty."""
+
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+    fixed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class GcReport:
+    """What ``store.gc()`` reclaimed (or, with ``dry_run``, would reclaim)."""
+
+    dry_run: bool
+    chunks_reclaimed: int = 0
+    bytes_reclaimed: int = 0
+    chunks_kept: int = 0
+    bytes_kept: int = 0
+    segments_deleted: int = 0
+    segments_compacted: int = 0
+    why_kept: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _live_refs(txn: Txn) -> dict[bytes, list[str]]:
+    """digest -> labels of the live artifact versions that reference it."""
+    refs: dict[bytes, list[str]] = defaultdict(list)
+    for _, raw in txn.scan("artifacts"):
+        rec = record(raw, "artifacts")
+        if rec["deleted"] is not None:
+            continue
+        label = f"{rec['name']}:{rec['version']}"
+        files = list(rec["files"]) + [v[2] for v in rec.get("visualizations") or []]
+        for f in files:
+            for d in f[3]:
+                refs[d].append(label)
+    return refs
+
+
+def _refs(txn: Txn, report: VerifyReport) -> tuple[dict[bytes, list[str]], dict[bytes, list[str]]]:
+    """digest -> labels of every artifact version that references it, and of
+    the live ones; a damaged artifact record is a problem, and skipped."""
+    refs: dict[bytes, list[str]] = defaultdict(list)
+    live: dict[bytes, list[str]] = defaultdict(list)
+    for key, raw in txn.scan("artifacts"):
+        try:
+            rec = record(raw, "artifacts")
+            label = f"artifact {rec['name']}:{rec['version']} (id {rec['id']})"
+            files = list(rec["files"]) + [v[2] for v in rec.get("visualizations") or []]
+            digests = [d for f in files for d in f[3]]
+        except _RECORD_DAMAGE as e:
+            report.problems.append(
+                f"artifact record {key!r} is damaged ({e}); `artledger replay --rebuild` "
+                "refolds it from the log"
+            )
+            continue
+        for d in digests:
+            refs[d].append(label)
+            if rec["deleted"] is None:
+                live[d].append(label)
+    return refs, live
+
+
+def verify(store: Store, *, progress: Progress | None = None, fix: bool = False) -> VerifyReport:
+    """Every check, stage by stage: a stage that meets damage it cannot read
+    past (a damaged page of the ledger, a record that does not decode) is a
+    problem line, and the next stage still runs. Never raises for damage."""
+    report = VerifyReport()
+    try:
+        store.flush()
+    except ArtledgerError as e:
+        report.problems.append(f"deferred events could not be committed: {e}")
+    kv = store.kv
+    where = f"the ledger at {getattr(kv, 'path', 'memory')}"
+
+    def stage(what: str, fn: Callable[[Txn], None]) -> None:
+        try:
+            txn = kv.read()
+        except ArtledgerError as e:
+            report.problems.append(f"verify could not {what}: {e}")
+            return
+        try:
+            with damage_boundary(where):
+                fn(txn)
+        except (ArtledgerError, OSError) as e:
+            report.problems.append(f"verify could not finish {what}: {e}")
+        finally:
+            kv.end_read(txn)
+
+    refs: dict[bytes, list[str]] = {}
+    live: dict[bytes, list[str]] = {}
+
+    def events(txn: Txn) -> None:
+        head = store.log.head(txn)
+        report.checked["events"] = head
+        report.problems.extend(
+            store.log.verify(
+                txn, None if progress is None else (lambda n: progress("events", n, head))
+            )
+        )
+
+    def artifacts(txn: Txn) -> None:
+        got, got_live = _refs(txn, report)
+        refs.update(got)
+        live.update(got_live)
+
+    def manifests(txn: Txn) -> None:
+        for digest, labels in live.items():
+            if txn.get("chunks", digest) is None:
+                report.problems.append(
+                    f"chunk {digest.hex()} is missing from the index; needed by {', '.join(labels)}"
+                )
+
+    def chunks(txn: Txn) -> None:
+        # Every chunk re-read and re-hashed; packs checked against the index.
+        total = txn.count("chunks")
+        n = 0
+        for digest, raw in txn.scan("chunks"):
+            n += 1
+            report.checked["chunks"] = n
+            who = ", ".join(refs.get(digest, ["no artifact"]))
+            try:
+                rec = ChunkRecord.unpack(raw)
+            except Exception:
+                report.problems.append(f"chunk {digest.hex()}: index record is damaged ({who})")
+                continue
+            if isinstance(store.blobs, PackBlobStore) and rec.loc is not None:
+                try:
+                    magic, hdigest, codec, plen, rlen = store.blobs.read_header(
+                        rec.loc[0], rec.loc[1]
+                    )
+                    if (magic, hdigest, codec, plen, rlen) != (
+                        MAGIC,
+                        digest,
+                        rec.codec,
+                        rec.loc[2],
+                        rec.raw_len,
+                    ):
+                        report.problems.append(
+                            f"pack segment {rec.loc[0]}.pack: header of chunk {digest.hex()} "
+                            f"at offset {rec.loc[1]} does not match the index ({who})"
+                        )
+                except ArtledgerError as e:
+                    report.problems.append(f"chunk {digest.hex()} ({who}): {e}")
+                    continue
+            try:
+                buf = bytearray(rec.raw_len)
+                store.chunks.decode_into(digest, rec, memoryview(buf), who)
+            except ArtledgerError as e:
+                report.problems.append(str(e))
+            if progress is not None and n % 64 == 0:
+                progress("chunks", n, total)
+        report.checked["chunks"] = n
+
+    def packs(txn: Txn) -> None:
+        # Pack files against the segment table.
+        if not isinstance(store.blobs, PackBlobStore):
+            return
+        ends = {k.decode(): int.from_bytes(v, "big") for k, v in txn.scan("segments")}
+        for name, end in ends.items():
+            size = store.blobs.segment_size(name)
+            if size < 0:
+                if any(
+                    ChunkRecord.unpack(v).loc and ChunkRecord.unpack(v).loc[0] == name  # type: ignore[index]
+                    for _, v in txn.scan("chunks")
+                ):
+                    report.problems.append(f"pack segment {name}.pack is missing")
+            elif size < end:
+                report.problems.append(
+                    f"pack segment {name}.pack is truncated: {size} bytes, {end} committed"
+                )
+            elif size > end:
+                report.notes.append(
+                    f"pack segment {name}.pack has {size - end} bytes past its committed "
+                    "end (an unfinished write; `verify --fix` truncates it)"
+                )
+        for name in store.blobs.orphans(ends):
+            size = store.blobs.segment_size(name)
+            report.notes.append(
+                f"pack segment {name}.pack ({size} bytes) is unknown to the ledger: left by "
+                "a writer that stopped before its first commit; nothing references it "
+                "(`artledger gc` deletes it)"
+            )
+        report.checked["segments"] = len(ends)
+
+    def projections(txn: Txn) -> None:
+        # Projections against a fresh fold.
+        fresh = MemoryKV()
+        w = fresh.unsafe_writer()
+        fold(w, store.log.read(txn))
+        ftxn = fresh.read()
+        for db in PROJECTION_DBS:
+            try:
+                live_items = list(txn.scan(db))
+            except ArtledgerError as e:
+                report.problems.append(f"projection {db!r} cannot be read: {e}")
+                continue
+            fresh_items = list(ftxn.scan(db))
+            if live_items != fresh_items:
+                report.problems.append(
+                    f"projection {db!r} differs from a fresh fold of the log "
+                    "(`artledger replay --rebuild` or `verify --fix` rebuilds it)"
+                )
+
+    stage("walk the event log", events)
+    stage("read the artifact records", artifacts)
+    stage("check manifests against the chunk index", manifests)
+    stage("re-read every chunk", chunks)
+    stage("check the pack files", packs)
+    stage("compare the projections with a fresh fold of the log", projections)
+    if store._secret_problem:
+        report.problems.append(store._secret_problem)
+    if store._identity_problem:
+        report.problems.append(store._identity_problem)
+    if fix:
+        if any(p.startswith("projection") for p in report.problems):
+            try:
+                store.rebuild()
+                report.fixed.append("projections rebuilt from the log")
+            except ArtledgerError as e:
+                report.problems.append(f"the projections could not be rebuilt: {e}")
+        report.fixed += store._recover_packs()
+    return report
+
+
+def _classify(txn: Txn, report: GcReport, explain: bool) -> list[tuple[bytes, ChunkRecord]]:
+    """Count kept and reclaimable chunks into ``report``; the dead ones."""
+    report.why_kept.clear()
+    report.chunks_reclaimed = report.bytes_reclaimed = 0
+    report.chunks_kept = report.bytes_kept = 0
+    live = _live_refs(txn)
+    dead: list[tuple[bytes, ChunkRecord]] = []
+    for digest, raw in txn.scan("chunks"):
+        rec = ChunkRecord.unpack(raw)
+        if digest in live:
+            report.chunks_kept += 1
+            report.bytes_kept += rec.stored_len
+            if explain:
+                report.why_kept[digest.hex()] = sorted(set(live[digest]))
+        else:
+            dead.append((digest, rec))
+            report.chunks_reclaimed += 1
+            report.bytes_reclaimed += rec.stored_len
+    return dead
+
+
+def gc(store: Store, *, dry_run: bool = False, explain: bool = False) -> GcReport:
+    report = GcReport(dry_run=dry_run)
+    store.flush()
+    if dry_run:
+        txn = store.kv.read()
+        try:
+            _classify(txn, report, explain)
+        finally:
+            store.kv.end_read(txn)
+        return report
+
+    dead_locs: list[list[Any]] = []
+
+    def sweep(txn: Txn) -> list[tuple[str, dict[str, Any]]]:
+        dead = _classify(txn, report, explain)
+        dead_locs[:] = [rec.loc for _, rec in dead if rec.loc is not None]
+        for digest, _ in dead:
+            txn.delete("chunks", digest)
+        stored = txn.get("meta", b"stored_bytes")
+        total = (0 if stored is None else int.from_bytes(stored, "big")) - report.bytes_reclaimed
+        txn.put("meta", b"stored_bytes", max(total, 0).to_bytes(8, "big"))
+        return [
+            (
+                "gc.completed",
+                {"chunks": report.chunks_reclaimed, "bytes": report.bytes_reclaimed},
+            )
+        ]
+
+    store.commit(sweep)
+    failpoints.hit("gc.after_index_commit")
+    if isinstance(store.blobs, MemoryBlobStore):
+        for loc in dead_locs:
+            store.blobs.delete(loc)
+    elif isinstance(store.blobs, PackBlobStore):
+        store.blobs.rotate()
+        _compact(store, store.blobs, report)
+    return report
+
+
+def _pack_layout(
+    txn: Txn,
+) -> tuple[dict[str, int], dict[str, int], dict[str, list[tuple[bytes, ChunkRecord]]]]:
+    """(committed end, live payload bytes, chunks) of every pack segment."""
+    ends = {k.decode(): int.from_bytes(v, "big") for k, v in txn.scan("segments")}
+    live_bytes: dict[str, int] = defaultdict(int)
+    members: dict[str, list[tuple[bytes, ChunkRecord]]] = defaultdict(list)
+    for digest, raw in txn.scan("chunks"):
+        rec = ChunkRecord.unpack(raw)
+        if rec.loc is not None:
+            live_bytes[rec.loc[0]] += rec.loc[2]
+            members[rec.loc[0]].append((digest, rec))
+    return ends, live_bytes, members
+
+
+def _worth_compacting(name: str, ends: dict[str, int], live_bytes: dict[str, int]) -> bool:
+    end = ends.get(name, 0)
+    return end > 0 and live_bytes.get(name, 0) < COMPACT_BELOW * end
+
+
+def _compact(store: Store, blobs: PackBlobStore, report: GcReport) -> None:
+    """Rewrite mostly-dead segments, delete dead and orphaned ones.
+
+    Candidates come from a snapshot; each is then locked (a segment a live
+    writer holds is skipped) and its end and members are read again in a
+    fresh transaction, so chunks committed after the snapshot are never left
+    behind. Segments with no live chunk go first (they need no room); the
+    rest are rewritten only when the disk has room for their live bytes.
+    Files are deleted only after the index commit that stopped using them."""
+    with store._read() as txn:
+        ends, live_bytes, _ = _pack_layout(txn)
+    candidates = [n for n in ends if _worth_compacting(n, ends, live_bytes)]
+    candidates += [n for n in blobs.segment_names() if n not in ends]  # orphans
+    if not candidates:
+        return
+    with blobs.claimed(candidates) as held:
+        if not held:
+            return
+        with store._read() as txn:
+            ends, live_bytes, members = _pack_layout(txn)
+        orphans = [n for n in held if n not in ends]
+        victims = [n for n in held if _worth_compacting(n, ends, live_bytes)]
+        empty = [n for n in victims if not members.get(n)]
+        full = [n for n in victims if members.get(n)]
+        if empty or orphans:
+            store.commit(_forget_segments(empty))
+            failpoints.hit("gc.before_delete_files")
+            for name in empty + orphans:
+                blobs.delete_segment(name)
+            report.segments_deleted += len(empty) + len(orphans)
+        if not full:
+            return
+        need = sum(rec.loc[2] + 64 for n in full for _, rec in members[n])  # type: ignore[index]
+        free = shutil.disk_usage(blobs.root).free
+        if free < need + COMPACT_HEADROOM:
+            report.notes.append(
+                f"{len(full)} mostly-dead pack segment{'s' if len(full) > 1 else ''} not "
+                "rewritten: that needs "
+                f"{need + COMPACT_HEADROOM} bytes free on the device holding {blobs.root}, "
+                f"which has {free}; free some space and run gc again"
+            )
+            return
+        failpoints.hit("gc.before_compact_copy")
+        moved: dict[bytes, list[Any]] = {}
+        copies = store.chunks.session()
+        for name in full:
+            for digest, rec in members[name]:
+                moved[digest] = copies.relocate(digest, rec, blobs.get(rec.loc))  # type: ignore[arg-type]
+
+        def relink(txn: Txn) -> list[tuple[str, dict[str, Any]]]:
+            for digest, loc in moved.items():
+                raw = txn.get("chunks", digest)
+                if raw is None:
+                    continue
+                rec = ChunkRecord.unpack(raw)
+                if rec.loc is not None and rec.loc[0] in full:
+                    rec.loc = loc
+                    txn.put("chunks", digest, rec.pack())
+            return _forget_segments(full)(txn)
+
+        store.commit(relink, [copies])
+        failpoints.hit("gc.before_delete_files")
+        for name in full:
+            blobs.delete_segment(name)
+        report.segments_compacted += len(full)
+    for path in blobs.stale_new_files(older_than=600):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _forget_segments(names: list[str]) -> Callable[[Txn], list[tuple[str, dict[str, Any]]]]:
+    def fn(txn: Txn) -> list[tuple[str, dict[str, Any]]]:
+        for name in names:
+            txn.delete("segments", name.encode())
+        return []
+
+    return fn

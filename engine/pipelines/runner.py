@@ -1,0 +1,377 @@
+"""The local runner: executes a traced pipeline on a store, step by step.
+
+Order of work for ``store.run(pipeline, **params)``:
+
+1. Trace the pipeline into a DAG and plan every invocation: resolve
+   ``enable_cache`` (run > step > pipeline > on), fingerprint the step code
+   and encode the parameters. An unencodable parameter raises
+   :class:`~engine.errors.UnhashableParameterError` here, before anything is
+   recorded (unless caching is off for that step).
+2. Run the invocations in traced (topological) order. Each one is a cache
+   hit (``step.cached``, pointing at the reused artifact versions; no bytes
+   move) or runs: ``step.started``, the function, then its outputs and
+   ``step.completed`` in **one** durable commit.
+3. ``run.completed`` commits durably. ``run.started``, ``step.started`` and
+   ``step.cached`` are deferred: they ride along with the next durable
+   commit, so a fully cached run costs one commit.
+
+A failing step records ``step.failed``, marks every step that has not run
+``skipped`` and the run ``failed`` (one durable commit), keeps the outputs of
+the steps that completed (the next run reuses them), then re-raises the
+step's own exception.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import secrets
+import typing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import (
+    InvalidArgumentError,
+    MaterializerError,
+    PipelineError,
+    StoreError,
+    UnhashableParameterError,
+)
+from engine.pipelines.cache import lookup_in
+from engine.pipelines.cache_key import KeyComponents
+from engine.pipelines.definition import Dag, Invocation, OutputHandle, Pipeline
+from engine.pipelines.explain import CACHE_DISABLED, miss_reasons
+from engine.query.models import ArtifactVersion
+
+if TYPE_CHECKING:
+    from engine.query.models import Run
+    from engine.store import Prepared, Store
+
+AUTO_MATERIALIZER = "auto"
+"""The key's materializer identity of an output whose type is only known at run time."""
+
+
+@dataclass
+class _Plan:
+    inv: Invocation
+    caching: bool
+    base: KeyComponents | None  # components without inputs; None when not encodable
+    materializers: dict[str, type | None]  # explicit override per output
+    artifact_names: dict[str, str]
+    step_run_id: str | None = None  # set once step.started is queued
+
+
+def _known_type(tp: Any) -> type | None:
+    if tp is None or tp is typing.Any or tp is object:
+        return None
+    origin = typing.get_origin(tp)
+    if origin is not None:
+        return origin if isinstance(origin, type) else None  # Union, Literal: not a class
+    return tp if isinstance(tp, type) else None
+
+
+def _output_identity(cls: type | None, tp: Any) -> str:
+    from materializers import registry
+
+    if cls is None:
+        known = _known_type(tp)
+        if known is None:
+            return AUTO_MATERIALIZER
+        try:
+            cls = registry.materializer_for(known)
+        except MaterializerError:
+            return AUTO_MATERIALIZER
+    return f"{registry.identity(cls)}@{int(getattr(cls, 'VERSION', 1))}"
+
+
+def _caching(run_option: bool | None, inv: Invocation, pipe: Pipeline) -> bool:
+    for choice in (run_option, inv.step.enable_cache, pipe.enable_cache):
+        if choice is not None:
+            return choice
+    return True
+
+
+def plan(dag: Dag, enable_cache: bool | None) -> list[_Plan]:
+    """Resolve caching and encode every parameter up front (errors before any event)."""
+    plans: list[_Plan] = []
+    for inv in dag.invocations.values():
+        st = inv.step
+        caching = _caching(enable_cache, inv, dag.pipeline)
+        outputs = {
+            name: _output_identity(st.output_materializers.get(name), tp)
+            for name, tp in zip(st.outputs.names, st.outputs.types, strict=True)
+        }
+        try:
+            base: KeyComponents | None = KeyComponents.create(
+                st.func,
+                step_name=st.name,
+                parameters=inv.parameters,
+                inputs={},
+                outputs=outputs,
+                cache_version=st.cache_version,
+            )
+        except UnhashableParameterError:
+            if caching:
+                raise
+            base = None
+        names = {
+            o: st.outputs.artifact_names.get(o) or f"{dag.pipeline.name}.{inv.id}.{o}"
+            for o in st.outputs.names
+        }
+        mats: dict[str, type | None] = {o: st.output_materializers.get(o) for o in names}
+        plans.append(_Plan(inv, caching, base, mats, names))
+    return plans
+
+
+def _display(value: Any) -> Any:
+    from engine.store import plain
+
+    try:
+        return plain(value, where="parameter")
+    except InvalidArgumentError:
+        text = repr(value)
+        return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _error(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 2000 else text[:1997] + "..."
+
+
+class _Runner:
+    def __init__(self, store: Store, dag: Dag, plans: list[_Plan]) -> None:
+        self.store = store
+        self.dag = dag
+        self.plans = plans
+        self.run_id = secrets.token_hex(8)
+        self.pipeline = dag.pipeline.name
+        # invocation -> output name -> artifact record
+        self.results: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def start(self, enable_cache: bool | None) -> None:
+        # Every event of this run comes after the current head: explanations compare
+        # with step runs recorded before it, never with this run's own.
+        self.first_seq = self.store.head + 1
+        self.store.defer(
+            [
+                (
+                    "run.started",
+                    {
+                        "id": self.run_id,
+                        "pipeline": self.pipeline,
+                        "params": {k: _display(v) for k, v in self.dag.params.items()},
+                        "enable_cache": enable_cache,
+                        "invocations": list(self.dag.invocations),
+                    },
+                )
+            ]
+        )
+
+    def execute(self) -> None:
+        for i, p in enumerate(self.plans):
+            try:
+                self.step(p)
+            except BaseException as exc:
+                self.fail(p, i, exc)
+                raise
+        self.store.commit(lambda txn: [("run.completed", {"id": self.run_id})])
+
+    def fail(self, p: _Plan, index: int, exc: BaseException) -> None:
+        records: list[tuple[str, dict[str, Any]]] = []
+        if p.step_run_id is not None:
+            records.append(
+                ("step.failed", {"id": p.step_run_id, "run": self.run_id, "error": _error(exc)})
+            )
+            later_plans = self.plans[index + 1 :]
+        else:  # failed before it started (e.g. the store could not be read)
+            later_plans = self.plans[index:]
+        for later in later_plans:
+            ups = self.dag.upstream(later.inv)
+            why = (
+                f"upstream step {p.inv.id} failed"
+                if p.inv.id in ups
+                else f"the run stopped when step {p.inv.id} failed"
+            )
+            records.append(
+                (
+                    "step.skipped",
+                    {
+                        "id": secrets.token_hex(8),
+                        "run": self.run_id,
+                        "pipeline": self.pipeline,
+                        "invocation": later.inv.id,
+                        "step": later.inv.step.name,
+                        "reason": why,
+                    },
+                )
+            )
+        records.append(("run.failed", {"id": self.run_id, "error": _error(exc)}))
+        self.store.commit(lambda txn: records)
+
+    def step(self, p: _Plan) -> None:
+        inv, st = p.inv, p.inv.step
+        inputs = {name: self.results[h.invocation][h.output] for name, h in inv.inputs.items()}
+        components = key = None
+        if p.base is not None:
+            components = dataclasses.replace(
+                p.base, inputs={n: a["content_hash"] for n, a in inputs.items()}
+            )
+            key = components.key()
+        sid = secrets.token_hex(8)
+        common: dict[str, Any] = {
+            "id": sid,
+            "run": self.run_id,
+            "pipeline": self.pipeline,
+            "invocation": inv.id,
+            "step": st.name,
+            "cache_key": key,
+        }
+        store = self.store
+        txn = store.kv.read()
+        try:
+            if not p.caching:
+                reasons = [CACHE_DISABLED]
+            else:
+                assert components is not None and key is not None
+                found = lookup_in(txn, txn, key, st.cache_expires_after)
+                if found.record is not None and found.outputs is not None:
+                    store.defer(
+                        [
+                            (
+                                "step.cached",
+                                {
+                                    **common,
+                                    "cache_miss_reason": None,
+                                    "source": found.record["id"],
+                                    "inputs": {n: a["id"] for n, a in inputs.items()},
+                                    "outputs": {n: a["id"] for n, a in found.outputs.items()},
+                                },
+                            )
+                        ]
+                    )
+                    self.results[inv.id] = found.outputs
+                    return
+                if found.reason is not None:
+                    reasons = [found.reason]
+                else:
+                    reasons = miss_reasons(
+                        txn, st.name, self.pipeline, inv.id, components, self.first_seq
+                    )
+        finally:
+            store.kv.end_read(txn)
+        store.defer(
+            [
+                (
+                    "step.started",
+                    {
+                        **common,
+                        # A cache hit has its source's components (same key); only
+                        # step runs that compute record them.
+                        "components": None if components is None else components.to_record(),
+                        "cache_miss_reason": "; ".join(reasons),
+                        "cache_miss_reasons": reasons,
+                    },
+                )
+            ]
+        )
+        p.step_run_id = sid
+        result = self.call(inv, inputs)
+        self.results[inv.id] = self.save(p, sid, inputs, result)
+
+    def call(self, inv: Invocation, inputs: dict[str, dict[str, Any]]) -> Any:
+        st = inv.step
+        arguments: dict[str, Any] = {}
+        loaded = {n: ArtifactVersion(self.store, a).load() for n, a in inputs.items()}
+        extra: dict[str, Any] = {}
+        for pname, param in st.signature.parameters.items():
+            if pname in loaded:
+                arguments[pname] = loaded[pname]
+            elif param.kind == inspect.Parameter.VAR_KEYWORD:
+                known = set(st.signature.parameters)
+                extra = {k: v for k, v in inv.parameters.items() if k not in known}
+                arguments[pname] = extra
+            elif pname in inv.parameters:
+                arguments[pname] = inv.parameters[pname]
+        bound = inspect.BoundArguments(st.signature, arguments)
+        return st.func(*bound.args, **bound.kwargs)
+
+    def save(
+        self, p: _Plan, sid: str, inputs: dict[str, dict[str, Any]], result: Any
+    ) -> dict[str, dict[str, Any]]:
+        st = p.inv.step
+        names = st.outputs.names
+        if not names:
+            values: tuple[Any, ...] = ()
+        elif st.outputs.multiple:
+            if not isinstance(result, (tuple, list)) or len(result) != len(names):
+                got = len(result) if isinstance(result, (tuple, list)) else type(result).__name__
+                raise PipelineError(
+                    f"step {st.name} declares {len(names)} outputs ({', '.join(names)}) but "
+                    f"returned {got}; return a tuple with one value per output"
+                )
+            values = tuple(result)
+        else:
+            values = (result,)
+        store = self.store
+        for attempt in range(2):
+            prepared: list[Prepared] = []
+            try:
+                for name, value in zip(names, values, strict=True):
+                    prepared.append(
+                        store.prepare(
+                            value,
+                            p.artifact_names[name],
+                            materializer=p.materializers[name],
+                            producer=sid,
+                            run=self.run_id,
+                        )
+                    )
+            except BaseException:
+                for q in prepared:
+                    q.session.release()
+                raise
+
+            def extra(datas: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+                return [
+                    (
+                        "step.completed",
+                        {
+                            "id": sid,
+                            "run": self.run_id,
+                            "inputs": {n: a["id"] for n, a in inputs.items()},
+                            "outputs": {n: d["id"] for n, d in zip(names, datas, strict=True)},
+                        },
+                    )
+                ]
+
+            try:
+                arts = store.commit_artifacts(prepared, extra=extra)
+            except StoreError as e:
+                if attempt or "concurrent gc" not in str(e):
+                    raise
+                continue
+            return {n: a.record() for n, a in zip(names, arts, strict=True)}
+        raise AssertionError("unreachable")
+
+
+def run_pipeline(
+    store: Store, pipe: Any, params: dict[str, Any], enable_cache: bool | None = None
+) -> Run:
+    """Run ``pipe`` with ``params`` on ``store``; see the module docstring."""
+    if not isinstance(pipe, Pipeline):
+        raise PipelineError(
+            f"store.run() takes a @pipeline, not {pipe!r}; decorate the function with @pipeline"
+        )
+    if enable_cache is not None and not isinstance(enable_cache, bool):
+        raise InvalidArgumentError(f"enable_cache must be a bool or None, not {enable_cache!r}")
+    bound = pipe.bind((), params)
+    dag = pipe.trace(bound)
+    for inv in dag.invocations.values():
+        for h in inv.inputs.values():
+            if not isinstance(h, OutputHandle) or h.invocation not in dag.invocations:
+                raise PipelineError(f"step {inv.id}: input {h!r} is not from this pipeline")
+    plans = plan(dag, enable_cache)
+    runner = _Runner(store, dag, plans)
+    runner.start(enable_cache)
+    runner.execute()
+    return store.get_run(runner.run_id)

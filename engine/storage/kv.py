@@ -1,0 +1,691 @@
+"""Ordered key-value transactions: the one seam between the engine and LMDB.
+
+Everything the engine keeps outside pack files (the event log, the chunk
+index, the projections, store metadata) lives in named databases of a
+:class:`KV`. Two backends pass the same tests: :class:`LmdbKV`, the embedded
+default, and :class:`MemoryKV`, the executable spec and the fold target of
+``Store.as_of``. LMDB errors are translated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import errno
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from engine.errors import ArtledgerError, IntegrityError, ReadOnlyStoreError, StoreError
+
+T = TypeVar("T")
+
+# Databases of the projections (dropped and refolded by ``Store.rebuild``).
+PROJECTION_DBS = (
+    "artifacts",
+    "names",
+    "versions",
+    "name_meta",
+    "tags",
+    "content",
+    "counters",
+    "runs",
+    "run_index",
+    "steps",
+    "cache",
+    "consumers",
+    "step_history",
+    "run_steps",
+    "step_components",
+)
+# Everything else: store metadata, the event log, the chunk index, pack segment ends.
+DATABASES = ("meta", "events", "chunks", "segments", *PROJECTION_DBS)
+
+
+class Txn(ABC):
+    """One transaction over the named databases (read-only or read-write)."""
+
+    @abstractmethod
+    def get(self, db: str, key: bytes) -> bytes | None:
+        """The value stored under ``key``, or None."""
+
+    @abstractmethod
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        """Store ``value`` under ``key`` (replacing any old value)."""
+
+    @abstractmethod
+    def delete(self, db: str, key: bytes) -> bool:
+        """Remove ``key``; whether it was there."""
+
+    @abstractmethod
+    def scan(
+        self,
+        db: str,
+        start: bytes | None = None,
+        stop: bytes | None = None,
+        *,
+        prefix: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Pairs with ``start <= key < stop`` (and ``key`` starting with
+        ``prefix``), in key order or reversed."""
+
+    @abstractmethod
+    def drop(self, db: str) -> None:
+        """Remove every key of ``db``."""
+
+    @abstractmethod
+    def count(self, db: str) -> int:
+        """How many keys ``db`` holds."""
+
+
+class KV(ABC):
+    """A set of named, ordered databases with serialisable write transactions."""
+
+    @abstractmethod
+    def read(self) -> Txn:
+        """A read-only snapshot; release it with :meth:`end_read`."""
+
+    @abstractmethod
+    def end_read(self, txn: Txn) -> None:
+        """Release a snapshot taken with :meth:`read`."""
+
+    @abstractmethod
+    def write(self, fn: Callable[[Txn], T]) -> T:
+        """Run ``fn`` in one write transaction and commit durably.
+
+        ``fn`` may run more than once (the LMDB map is grown and the
+        transaction retried when it fills up), so it must not have effects
+        outside the transaction. If ``fn`` raises, nothing is written.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+    def reserve(self, nbytes: int) -> None:  # noqa: B027 - optional hook
+        """Make room now for a write of about ``nbytes`` (a hint: LMDB grows its
+        map at once instead of retrying a large transaction at each doubling)."""
+
+
+def _prefix_stop(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix``."""
+    p = bytearray(prefix)
+    while p:
+        if p[-1] < 0xFF:
+            p[-1] += 1
+            return bytes(p)
+        p.pop()
+    return None
+
+
+def _bounds(
+    start: bytes | None, stop: bytes | None, prefix: bytes | None
+) -> tuple[bytes | None, bytes | None]:
+    if prefix:
+        pstop = _prefix_stop(prefix)
+        start = prefix if start is None or start < prefix else start
+        if pstop is not None and (stop is None or stop > pstop):
+            stop = pstop
+    return start, stop
+
+
+# --------------------------------------------------------------------------- memory
+
+
+class _MemDB:
+    """A dict plus a sorted key list, rebuilt lazily on the first scan after a
+    change (a fold does many puts and no scans; queries do the opposite)."""
+
+    __slots__ = ("_keys", "data")
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self._keys: list[bytes] | None = []
+
+    @property
+    def keys(self) -> list[bytes]:
+        if self._keys is None:
+            self._keys = sorted(self.data)
+        return self._keys
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if key not in self.data:
+            keys = self._keys
+            if keys is not None and (not keys or key > keys[-1]):
+                keys.append(key)
+            else:
+                self._keys = None
+        self.data[key] = value
+
+    def delete(self, key: bytes) -> bool:
+        if key not in self.data:
+            return False
+        del self.data[key]
+        self._keys = None
+        return True
+
+    def clear(self) -> None:
+        self.data.clear()
+        self._keys = []
+
+
+class _MemTxn(Txn):
+    def __init__(self, kv: MemoryKV, write: bool) -> None:
+        self._kv = kv
+        self._write = write
+        self._undo: list[tuple[str, bytes, bytes | None]] | None = []
+
+    def _db(self, db: str) -> _MemDB:
+        try:
+            return self._kv.dbs[db]
+        except KeyError:
+            raise StoreError(f"unknown database {db!r}") from None
+
+    def get(self, db: str, key: bytes) -> bytes | None:
+        return self._db(db).data.get(key)
+
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        d = self._kv.dbs[db]
+        if self._undo is not None:
+            assert self._write, "put in a read transaction"
+            self._undo.append((db, key, d.data.get(key)))
+        d.put(key, value if type(value) is bytes else bytes(value))
+
+    def delete(self, db: str, key: bytes) -> bool:
+        assert self._write, "delete in a read transaction"
+        d = self._db(db)
+        old = d.data.get(key)
+        if old is None:
+            return False
+        if self._undo is not None:
+            self._undo.append((db, key, old))
+        return d.delete(key)
+
+    def scan(
+        self,
+        db: str,
+        start: bytes | None = None,
+        stop: bytes | None = None,
+        *,
+        prefix: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        d = self._db(db)
+        start, stop = _bounds(start, stop, prefix)
+        lo = 0 if start is None else bisect.bisect_left(d.keys, start)
+        hi = len(d.keys) if stop is None else bisect.bisect_left(d.keys, stop)
+        keys = d.keys[lo:hi]
+        if reverse:
+            keys.reverse()
+        data = d.data
+        for k in keys:
+            v = data.get(k)
+            if v is not None:
+                yield k, v
+
+    def drop(self, db: str) -> None:
+        d = self._db(db)
+        if self._undo is not None:
+            for k, v in d.data.items():
+                self._undo.append((db, k, v))
+        d.clear()
+
+    def count(self, db: str) -> int:
+        return len(self._db(db).data)
+
+    def rollback(self) -> None:
+        for db, key, old in reversed(self._undo or ()):
+            d = self._kv.dbs[db]
+            if old is None:
+                d.delete(key)
+            else:
+                d.put(key, old)
+        self._undo = []
+
+
+class MemoryKV(KV):
+    """In-memory twin of :class:`LmdbKV` (one process; writes serialised by a lock)."""
+
+    def __init__(self) -> None:
+        self.dbs: dict[str, _MemDB] = {name: _MemDB() for name in DATABASES}
+        self._lock = threading.RLock()
+
+    def read(self) -> Txn:
+        return _MemTxn(self, write=False)
+
+    def end_read(self, txn: Txn) -> None:
+        pass
+
+    def write(self, fn: Callable[[Txn], T]) -> T:
+        with self._lock:
+            txn = _MemTxn(self, write=True)
+            try:
+                return fn(txn)
+            except BaseException:
+                txn.rollback()
+                raise
+
+    def unsafe_writer(self) -> Txn:
+        """A write transaction applied immediately, with no rollback; for
+        folding a log into a fresh, private MemoryKV."""
+        txn = _MemTxn(self, write=True)
+        txn._undo = None
+        return txn
+
+
+# --------------------------------------------------------------------------- lmdb
+
+_ENV_LOCK = threading.Lock()
+_ENVS: dict[str, tuple[int, Any, int]] = {}  # realpath -> (pid, env, refcount)
+MAX_READERS = 256
+# A failed commit with this little room left on the device is a full disk (a
+# short write, which LMDB reports as EIO, is how a full disk usually shows).
+NEARLY_FULL = 64 << 20
+# Driver errors that mean the data file is damaged (not a full disk, not a bad call).
+_DAMAGE_NAMES = (
+    "CorruptedError",
+    "PageNotFoundError",
+    "BadTxnError",
+    "InvalidError",
+    "VersionMismatchError",
+    "IncompatibleError",
+    "BadDbiError",
+    "BadChecksumError",
+    "ProblemError",
+)
+_RECOVER = (
+    "run `artledger verify` to see what is damaged and `artledger recover` to rebuild the "
+    "ledger (docs/reliability.md)"
+)
+
+
+def is_open_here(path: Path) -> bool:
+    """Whether this process holds the LMDB environment at ``path`` open."""
+    with _ENV_LOCK:
+        entry = _ENVS.get(str(path.resolve()))
+    return entry is not None and entry[0] == os.getpid()
+
+
+def free_space(path: Path) -> int | None:
+    """Bytes free (to unprivileged users) on the filesystem holding ``path``."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+class _LmdbTxn(Txn):
+    def __init__(self, kv: LmdbKV, txn: Any) -> None:
+        self._kv = kv
+        self._txn = txn
+
+    def get(self, db: str, key: bytes) -> bytes | None:
+        try:
+            v = self._txn.get(key, db=self._kv.handles[db])
+        except self._kv.lmdb_error as e:
+            raise self._kv.error(e, f"reading {db!r}") from e
+        return None if v is None else bytes(v)
+
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        try:
+            self._txn.put(key, value, db=self._kv.handles[db])
+        except self._kv.lmdb_error as e:
+            if isinstance(e, self._kv.passthrough):
+                raise
+            raise self._kv.error(e, f"writing {db!r}") from e
+
+    def delete(self, db: str, key: bytes) -> bool:
+        try:
+            return bool(self._txn.delete(key, db=self._kv.handles[db]))
+        except self._kv.lmdb_error as e:
+            if isinstance(e, self._kv.passthrough):
+                raise
+            raise self._kv.error(e, f"deleting from {db!r}") from e
+
+    def scan(
+        self,
+        db: str,
+        start: bytes | None = None,
+        stop: bytes | None = None,
+        *,
+        prefix: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        start, stop = _bounds(start, stop, prefix)
+        try:
+            cur = self._txn.cursor(db=self._kv.handles[db])
+            if not reverse:
+                ok = cur.set_range(start) if start is not None else cur.first()
+                if not ok:
+                    return
+                for k, v in cur:
+                    if stop is not None and k >= stop:
+                        return
+                    yield k, v
+            else:
+                if stop is not None:
+                    ok = cur.set_range(stop)
+                    ok = cur.prev() if ok else cur.last()
+                else:
+                    ok = cur.last()
+                if not ok:
+                    return
+                for k, v in cur.iterprev():
+                    if start is not None and k < start:
+                        return
+                    yield k, v
+        except self._kv.lmdb_error as e:
+            raise self._kv.error(e, f"scanning {db!r}") from e
+
+    def drop(self, db: str) -> None:
+        try:
+            self._txn.drop(self._kv.handles[db], delete=False)
+        except self._kv.lmdb_error as e:
+            if isinstance(e, self._kv.passthrough):
+                raise
+            raise self._kv.error(e, f"emptying {db!r}") from e
+
+    def count(self, db: str) -> int:
+        try:
+            return int(self._txn.stat(self._kv.handles[db])["entries"])
+        except self._kv.lmdb_error as e:
+            raise self._kv.error(e, f"counting {db!r}") from e
+
+
+class LmdbKV(KV):
+    """The named databases in one LMDB environment.
+
+    The map starts small and doubles whenever a write fills it; the
+    transaction that hit the limit is retried, never lost. One environment
+    is shared by every ``LmdbKV`` of the same path in a process (LMDB forbids
+    opening one environment twice in a process).
+
+    Every driver error is translated here: damage (a corrupted page, a page
+    past the end, an invalid file) is an :class:`IntegrityError` pointing at
+    ``artledger verify`` and ``artledger recover``; a full disk names the
+    device and the free space; anything else is a :class:`StoreError`.
+    Reader slots left by processes killed inside a read are freed when the
+    environment is opened and whenever a read finds no free slot.
+
+    ``readonly`` (the reason, when not None) opens the environment read-only
+    and makes :meth:`write` raise :class:`ReadOnlyStoreError`; ``lock=False``
+    opens it without ``lock.mdb`` (a read-only filesystem: nobody can write).
+    New files are created mode 0600 in a directory created mode 0700.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        map_size: int = 64 << 20,
+        readonly: str | None = None,
+        lock: bool = True,
+    ) -> None:
+        import lmdb
+
+        self._lmdb = lmdb
+        self.lmdb_error: type[Exception] = lmdb.Error
+        # Raised inside ``fn`` by write(): handled there (grow the map, refresh it).
+        self.passthrough: tuple[type[Exception], ...] = (lmdb.MapFullError, lmdb.MapResizedError)
+        self._damage: tuple[type[Exception], ...] = tuple(
+            getattr(lmdb, n) for n in _DAMAGE_NAMES if hasattr(lmdb, n)
+        )
+        self.path = path
+        self.readonly = readonly
+        key = str(path.resolve())
+        self._key = key
+        with _ENV_LOCK:
+            entry = _ENVS.get(key)
+            if entry is not None and entry[0] == os.getpid():
+                env = entry[1]
+                _ENVS[key] = (entry[0], env, entry[2] + 1)
+            else:
+                env = self._open_env(map_size, lock)
+                _ENVS[key] = (os.getpid(), env, 1)
+        self.env = env
+        self._write_lock = threading.Lock()
+        try:
+            self.handles = {name: self._open_db(name) for name in DATABASES}
+        except BaseException:
+            self.close()
+            raise
+        self._closed = False
+
+    def _open_env(self, map_size: int, lock: bool) -> Any:
+        lmdb = self._lmdb
+        path = self.path
+        if self.readonly is None:
+            try:
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except (NotADirectoryError, FileExistsError):
+                raise StoreError(
+                    f"the ledger path {path} (or a parent) is a file, not a directory; "
+                    "move it aside and run `artledger recover`"
+                ) from None
+            except OSError as e:
+                raise StoreError(f"cannot create the ledger directory {path}: {e}") from e
+        swept = False
+        while True:
+            try:
+                env = lmdb.open(
+                    str(path),
+                    map_size=map_size,
+                    max_dbs=len(DATABASES) + 4,
+                    max_readers=MAX_READERS,
+                    readahead=False,
+                    metasync=True,
+                    sync=True,
+                    lock=lock,
+                    readonly=self.readonly is not None,
+                    create=self.readonly is None,
+                    mode=0o600,
+                )
+                break
+            except lmdb.ReadersFullError as e:
+                # py-lmdb takes a reader slot while opening: free the slots of
+                # killed processes ourselves (no environment to ask yet), once.
+                from engine.storage.lmdb_readers import clear_dead_readers
+
+                table = clear_dead_readers(path / "lock.mdb")
+                if swept or not table.cleared:
+                    raise StoreError(self._readers_full(table.live, table.slots, table.pids)) from e
+                swept = True
+            except lmdb.Error as e:
+                raise self.error(e, "opening") from e
+        if lock:
+            with contextlib.suppress(lmdb.Error):
+                env.reader_check()
+        return env
+
+    def _open_db(self, name: str) -> Any:
+        try:
+            return self.env.open_db(name.encode(), create=self.readonly is None)
+        except self._lmdb.NotFoundError as e:
+            raise StoreError(
+                f"the ledger at {self.path} has no database {name!r} (written by an older "
+                "artledger): open it writable once to add it"
+            ) from e
+        except self._lmdb.Error as e:
+            raise self.error(e, f"opening database {name!r} of") from e
+
+    # -- errors ------------------------------------------------------------------
+    def error(self, e: Exception, doing: str) -> StoreError | IntegrityError:
+        """The artledger error for driver error ``e`` raised while ``doing``."""
+        lmdb = self._lmdb
+        where = f"the ledger at {self.path}"
+        if isinstance(e, self._damage):
+            return IntegrityError(f"{where} is damaged ({doing}: {e}); {_RECOVER}")
+        if isinstance(e, lmdb.ReadonlyError):
+            return ReadOnlyStoreError(
+                f"{where} is read-only ({doing}: {e}); open it with Store.open(path, "
+                "readonly=True) to read it"
+            )
+        if isinstance(e, lmdb.PanicError):
+            return StoreError(
+                f"{where} stopped after a failed write ({doing}: {e}): close every handle "
+                "on this store in this process and open it again"
+            )
+        code = getattr(e, "code", 0)
+        if code == errno.EACCES:
+            return StoreError(f"{where}: permission denied ({doing}: {e}); check its permissions")
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            return StoreError(self._no_space(doing))
+        return StoreError(f"{doing} {where} failed: {e}")
+
+    def _no_space(self, doing: str) -> str:
+        free = free_space(self.path)
+        room = "" if free is None else f": free {free} bytes"
+        return (
+            f"no space left on the device holding {self.path}{room} (while {doing} the "
+            "ledger); free some space (or run `artledger gc`) and retry; nothing was committed"
+        )
+
+    def _commit_error(self, e: Exception) -> ArtledgerError:
+        code = getattr(e, "code", 0)
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            return StoreError(self._no_space("committing to"))
+        if code == errno.EIO:
+            free = free_space(self.path)
+            if free is not None and free < NEARLY_FULL:
+                return StoreError(self._no_space("committing to"))
+            room = "" if free is None else f"; {free} bytes free"
+            return StoreError(
+                f"the device holding {self.path} reported an I/O error while committing to "
+                f"the ledger ({e}{room}): check the device (dmesg); nothing was committed"
+            )
+        err = self.error(e, "committing to")
+        if isinstance(err, IntegrityError):
+            return err
+        return StoreError(f"{err}; nothing was committed")
+
+    def _readers_full(self, live: int, slots: int, pids: list[int]) -> str:
+        who = f" (processes {', '.join(map(str, pids[:10]))}{' ...' if len(pids) > 10 else ''})"
+        return (
+            f"all {slots or MAX_READERS} reader slots of the ledger at {self.path} are taken, "
+            f"{live} of them by live readers{who if pids else ''} (the slots of killed "
+            "processes were freed first). Close processes (or threads) that hold this store "
+            "open in long reads, then retry"
+        )
+
+    def _live_readers(self) -> tuple[int, list[int]]:
+        pids: list[int] = []
+        with contextlib.suppress(self._lmdb.Error):
+            for line in self.env.readers().splitlines()[1:]:
+                fields = line.split()
+                if fields and fields[0].isdigit():
+                    pids.append(int(fields[0]))
+        return len(pids), sorted(set(pids))
+
+    # -- transactions -------------------------------------------------------------
+    def _refresh_map(self) -> None:
+        try:
+            self.env.set_mapsize(0)
+        except self._lmdb.Error as e:
+            raise self.error(e, "adopting the grown map of") from e
+
+    def read(self) -> Txn:
+        lmdb = self._lmdb
+        checked = False
+        for _ in range(4):
+            try:
+                return _LmdbTxn(self, self.env.begin(write=False, buffers=False))
+            except lmdb.MapResizedError:
+                self._refresh_map()
+            except lmdb.ReadersFullError as e:
+                if checked:
+                    live, pids = self._live_readers()
+                    info = self.env.info()
+                    raise StoreError(
+                        self._readers_full(live, int(info["max_readers"]), pids)
+                    ) from e
+                checked = True
+                try:
+                    self.env.reader_check()
+                except lmdb.Error as e2:
+                    raise self.error(e2, "freeing the reader slots of") from e2
+            except lmdb.Error as e:
+                raise self.error(e, "beginning a read of") from e
+        raise StoreError(f"cannot read the ledger at {self.path}: its map keeps resizing")
+
+    def end_read(self, txn: Txn) -> None:
+        assert isinstance(txn, _LmdbTxn)
+        txn._txn.abort()
+
+    def write(self, fn: Callable[[Txn], T]) -> T:
+        if self.readonly is not None:
+            raise ReadOnlyStoreError(
+                f"the store at {self.path.parent} is read-only ({self.readonly}); "
+                "nothing was written"
+            )
+        lmdb = self._lmdb
+        with self._write_lock:
+            while True:
+                try:
+                    txn = self.env.begin(write=True)
+                except lmdb.MapResizedError:
+                    self._refresh_map()
+                    continue
+                except lmdb.Error as e:
+                    raise self.error(e, "beginning a write to") from e
+                try:
+                    result = fn(_LmdbTxn(self, txn))
+                except lmdb.MapFullError:
+                    txn.abort()
+                    self.grow()
+                    continue
+                except lmdb.MapResizedError:
+                    txn.abort()
+                    self._refresh_map()
+                    continue
+                except lmdb.Error as e:
+                    txn.abort()
+                    raise self.error(e, "writing to") from e
+                except BaseException:
+                    txn.abort()
+                    raise
+                try:
+                    txn.commit()
+                    return result
+                except lmdb.MapFullError:
+                    self.grow()
+                except lmdb.MapResizedError:
+                    self._refresh_map()
+                except lmdb.Error as e:
+                    raise self._commit_error(e) from e
+
+    def grow(self) -> None:
+        """Double the map size (called when a write transaction fills it)."""
+        size = int(self.env.info()["map_size"])
+        try:
+            self.env.set_mapsize(size * 2)
+        except self._lmdb.Error as e:
+            raise self.error(e, "growing the map of") from e
+
+    def reserve(self, nbytes: int) -> None:
+        with self._write_lock:
+            info = self.env.info()
+            used = (int(info["last_pgno"]) + 1) * int(self.env.stat()["psize"])
+            size = int(info["map_size"])
+            target = size
+            while target < used + nbytes:
+                target *= 2
+            if target != size:
+                self.env.set_mapsize(target)
+
+    def close(self) -> None:
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        with _ENV_LOCK:
+            entry = _ENVS.get(self._key)
+            if entry is None or entry[1] is not self.env:
+                return
+            if entry[2] > 1:
+                _ENVS[self._key] = (entry[0], entry[1], entry[2] - 1)
+            else:
+                del _ENVS[self._key]
+                self.env.close()
