@@ -23,7 +23,7 @@ def active_store() -> Store:
         return stack[-1]
     global _default
     with _default_lock:
-        if _default is None or _default._closed:
+        if _default is None or _default.ledger.closed:
             from engine.store import Store
 
             _default = Store.open()

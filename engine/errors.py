@@ -48,6 +48,11 @@ class StoreError(ArtledgerError):
     """The store cannot be opened or used: bad path, newer format, closed, read-only."""
 
 
+class ConcurrentGcError(StoreError):
+    """A chunk a write was about to reference was collected by a ``gc`` running
+    in another process; nothing was committed and the write can be retried."""
+
+
 class StoreSecretError(StoreError):
     """The store's secret (the key that signs pickles) is missing, truncated or
     replaced, so a pickle can be neither signed nor verified until it is restored."""

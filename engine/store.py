@@ -1,67 +1,34 @@
-"""The store: opening, the commit path, and every write.
+"""``Store``: the public face of a store, over its ledger and its catalog.
 
-Write order is crash safety: an artifact's chunks are written and fsynced
-first (outside the ledger's write lock, hashed and compressed in a thread
-pool), then one LMDB write transaction appends the events, folds them into
-the projections and records the chunk index entries, and commits durably.
-A crash before the commit leaves only unreferenced bytes; after it,
-everything is there.
+Writes go through the :class:`~engine.ledger.core.Ledger` (the one commit
+path), reads through a :class:`~engine.query.catalog.Catalog` composed over
+the same KV; verify, gc, export, import, history and pipeline runs are
+delegated to ``engine.ops``, ``engine.query.history`` and
+``engine.pipelines``. ``store.ledger`` is the write side for code that needs
+it (the runner, the benchmarks, tests); it is not part of the stable API.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import hashlib
 import os
-import secrets
-import struct
-import threading
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from engine import failpoints
-from engine.errors import (
-    ArtifactNotFoundError,
-    ArtledgerError,
-    InvalidArgumentError,
-    LedgerDamagedError,
-    LedgerMissingError,
-    MaterializerError,
-    ReadOnlyStoreError,
-    StoreError,
-    StoreFormatError,
-    StoreSecretError,
-)
-from engine.ledger.layout import (
-    CREATING,
-    IDENTITY,
-    Identity,
-    directory_lock,
-    evidence_of_use,
-    fsync_dir,
-    lock_usable,
-    read_identity,
-    readonly_reason,
-    write_identity,
-)
-from engine.projections import PROJECTION_DBS, apply, fold
-from engine.projections.fold import next_version
-from engine.projections.keys import MAX_VERSION, version_key
+from engine.errors import ArtifactNotFoundError, InvalidArgumentError
+from engine.ledger.artifacts import Prepared, check_tags, commit_artifacts, plain, prepare
+from engine.ledger.core import Ledger, _ChunkGoneError, _index, retry_on_concurrent_gc
+from engine.ledger.core import record_container_state as record_segment_ends
+from engine.ledger.layout import Identity
+from engine.ledger.opening import Options, memory_ledger, open_ledger
 from engine.projections.records import damage_boundary
-from engine.query.catalog import Catalog, normalise_version
-from engine.query.models import ArtifactVersion, Run
-from engine.storage import lmdb_file as ledger_file
-from engine.storage.blobs import BlobStore, MemoryBlobStore, PackBlobStore
-from engine.storage.chunks import ChunkStore, WriteSession, content_hash
-from engine.storage.files import WriteFiles
-from engine.storage.kv import KV, LmdbKV, MemoryKV, Txn
-from engine.storage.lmdb_file import RECOVER_HINT, DataFile
+from engine.query.catalog import Catalog
+from engine.query.models import ArtifactVersion, Run, StepRun
+from engine.storage.blobs import BlobStore
+from engine.storage.chunks import ChunkStore, WriteSession
+from engine.storage.kv import KV, Txn
 from engine.storage.log import Event, EventLog
 
 if TYPE_CHECKING:
@@ -69,10 +36,18 @@ if TYPE_CHECKING:
     from engine.ops.recover import RecoverReport
     from engine.ops.transfer import ExportReport, ImportReport
     from engine.query.history import HistoricalView
+    from engine.query.lineage import LineageGraph
 
-FORMAT_VERSION = 1
 DEFAULT_DIR = ".artledger"
-_Q = struct.Struct(">Q")
+
+__all__ = [
+    "DEFAULT_DIR",
+    "Store",
+    "_ChunkGoneError",
+    "default_path",
+    "plain",
+    "record_segment_ends",
+]
 
 
 def default_path() -> Path:
@@ -80,52 +55,7 @@ def default_path() -> Path:
     return Path(os.environ.get("ARTLEDGER_STORE") or DEFAULT_DIR)
 
 
-def plain(value: Any, *, where: str = "metadata") -> Any:
-    """``value`` as msgpack-able plain data (numpy scalars to Python; tuples to lists)."""
-    if value is None or isinstance(value, (bool, int, float, str, bytes)):
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 1 << 63:
-            return str(value)
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): plain(v, where=where) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v, where=where) for v in value]
-    item = getattr(value, "item", None)
-    if callable(item) and type(value).__module__ == "numpy":
-        return plain(item(), where=where)
-    if isinstance(value, (set, frozenset)):
-        return sorted((plain(v, where=where) for v in value), key=repr)
-    raise InvalidArgumentError(
-        f"{where} value {value!r} of type {type(value).__qualname__} cannot be stored; "
-        "use str, int, float, bool, None, lists and dicts of those"
-    )
-
-
-@dataclass
-class Prepared:
-    """An artifact version whose bytes are written but not yet committed."""
-
-    data: dict[str, Any]
-    session: WriteSession
-    requested_version: int | str | None = None
-
-
-@dataclass(frozen=True)
-class _Options:
-    chunk_size: int
-    level: int
-    workers: int
-
-
-class _NoFormatError(LedgerDamagedError):
-    """A ledger that committed but holds no store format record."""
-
-
-class _ChunkGoneError(Exception):
-    """A chunk found during dedup was collected before the commit."""
-
-
-class Store(Catalog):
+class Store:
     """An artledger store: the event log, the chunk store and the projections.
 
     Open with :meth:`Store.open` (LMDB and pack files on disk) or
@@ -133,39 +63,15 @@ class Store(Catalog):
     may open and write one on-disk store at once.
     """
 
-    def __init__(
-        self,
-        kv: KV,
-        blobs: BlobStore,
-        *,
-        path: Path | None,
-        secret: bytes,
-        chunk_size: int,
-        level: int,
-        workers: int,
-        create: bool = True,
-        readonly: str | None = None,
-        identity: Identity | None = None,
-    ) -> None:
-        self.path = path
-        self.kv = kv
-        self.blobs = blobs
-        self.log = EventLog()
-        self._secret = secret
-        self._secret_problem: str | None = None
-        self._identity_problem: str | None = None
-        self._readonly = readonly
-        self._deferred: list[tuple[str, dict[str, Any]]] = []
-        self._deferred_lock = threading.Lock()
-        self._closed = False
-        self._init_ledger(create, identity)
-        seed_raw = self._meta(b"seed")
-        if seed_raw is None:
-            raise LedgerDamagedError(
-                f"the ledger at {self.path}/ledger has no chunk-address seed; {RECOVER_HINT}"
-            )
-        self.chunks = ChunkStore(
-            kv, blobs, _Q.unpack(seed_raw)[0], chunk_size=chunk_size, level=level, workers=workers
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.path = ledger.path
+        self.catalog = Catalog(
+            ledger.kv,
+            ledger.chunks,
+            secret=ledger.secret,
+            secret_problem=ledger.secret_problem,
+            check_open=ledger.check_open,
         )
 
     # -- opening ---------------------------------------------------------------
@@ -190,120 +96,13 @@ class Store(Catalog):
         (:class:`LedgerMissingError`, :class:`LedgerDamagedError`), never
         replaced by an empty one: :meth:`recover` rebuilds it."""
         root = Path(path) if path is not None else default_path()
-        if chunk_size < 64 << 10:
-            raise InvalidArgumentError(f"chunk_size {chunk_size} is too small (minimum 64 KiB)")
-        if root.exists() and not root.is_dir():
-            raise StoreError(
-                f"store path {root} is a file, not a store directory; pass a directory path"
-            )
-        reason = "opened with readonly=True" if readonly else None
-        if not root.exists():
-            if reason is not None:
-                raise StoreError(f"no store at {root} (opened read-only: nothing is created)")
-            try:
-                root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            except OSError as e:
-                raise StoreError(f"cannot create the store directory {root}: {e}") from e
-        reason = reason or readonly_reason(root)
-        ledger = root / "ledger"
-        if ledger.exists() and not ledger.is_dir():
-            raise LedgerDamagedError(
-                f"{ledger} is a file, not the ledger directory; {RECOVER_HINT} "
-                "(it moves the file aside)"
-            )
-        options = _Options(chunk_size, level, workers)
-        df = ledger_file.check(ledger / "data.mdb")
-        if df.committed or df.state == "unknown":
-            try:
-                return cls._open_existing(root, reason, map_size, options)
-            except _NoFormatError:
-                # A creator may be between LMDB creating the databases and its first
-                # commit: it holds the directory lock until it is done. A creation
-                # that was killed there left its marker: finish it.
-                with directory_lock(root):
-                    if reason is None and (root / CREATING).exists():
-                        return cls._create(root, map_size, options)
-                    return cls._open_existing(root, reason, map_size, options)
-        if reason is not None:
-            _refuse_missing(root, df)
-            raise StoreError(f"no store at {root} (it is read-only, {reason}: none is created)")
-        with directory_lock(root):
-            # Another process may have created (or recovered) the ledger meanwhile.
-            df = ledger_file.check(ledger / "data.mdb")
-            if df.committed or df.state == "unknown":
-                return cls._open_existing(root, None, map_size, options)
-            _refuse_missing(root, df)
-            return cls._create(root, map_size, options)
-
-    @classmethod
-    def _open_existing(
-        cls,
-        root: Path,
-        reason: str | None,
-        map_size: int,
-        options: _Options,
-        *,
-        create: bool = False,
-    ) -> Store:
-        """Open the ledger at ``root``; with ``create``, initialise it when it
-        holds no store yet (only for a store being created)."""
-        ledger = root / "ledger"
-        secret, problem = _load_secret(root, create=create)
-        lock = reason is None or lock_usable(ledger)
-        kv = LmdbKV(ledger, map_size=map_size, readonly=reason, lock=lock)
-        blobs: PackBlobStore | None = None
-        try:
-            blobs = PackBlobStore(root / "packs")
-            store = cls(
-                kv,
-                blobs,
-                path=root,
-                secret=secret,
-                chunk_size=options.chunk_size,
-                level=options.level,
-                workers=options.workers,
-                create=create,
-                readonly=reason,
-            )
-        except BaseException:
-            if blobs is not None:
-                blobs.close()
-            kv.close()
-            raise
-        store._check_secret(problem)
-        store._check_identity(write=reason is None)
-        if reason is None:
-            store._recover_packs()
-            if not create:  # a creation that died after its first commit is complete
-                (root / CREATING).unlink(missing_ok=True)
-        return store
-
-    @classmethod
-    def _create(cls, root: Path, map_size: int, options: _Options) -> Store:
-        """A new store (the caller holds the directory lock and found no ledger
-        and no sign of use). ``.creating`` marks the creation until the ledger
-        and the identity file are written: an open that finds it finishes a
-        creation that was killed half-way."""
-        marker = root / CREATING
-        marker.touch(mode=0o600)
-        fsync_dir(root)
-        store = cls._open_existing(root, None, map_size, options, create=True)
-        marker.unlink(missing_ok=True)
-        fsync_dir(root)
-        return store
+        options = Options(chunk_size, level, workers, map_size)
+        return cls(open_ledger(root, options, readonly=readonly))
 
     @classmethod
     def memory(cls, *, chunk_size: int = 4 << 20, level: int = 3, workers: int = 2) -> Store:
         """A store held in memory (the in-memory twin of the LMDB/packs store)."""
-        return cls(
-            MemoryKV(),
-            MemoryBlobStore(),
-            path=None,
-            secret=secrets.token_bytes(32),
-            chunk_size=chunk_size,
-            level=level,
-            workers=workers,
-        )
+        return cls(memory_ledger(Options(chunk_size, level, workers)))
 
     @classmethod
     def recover(
@@ -329,119 +128,17 @@ class Store(Catalog):
         root = Path(path) if path is not None else default_path()
         return recover(cls, root, from_export=from_export, progress=progress)
 
-    def _meta(self, key: bytes) -> bytes | None:
-        txn = self.kv.read()
-        try:
-            return txn.get("meta", key)
-        finally:
-            self.kv.end_read(txn)
-
-    def _init_ledger(self, create: bool, identity: Identity | None) -> None:
-        ident = identity or Identity(secrets.token_hex(8), secrets.randbits(63))
-
-        def init(txn: Txn) -> None:
-            fmt = txn.get("meta", b"format")
-            if fmt is not None:
-                return
-            txn.put("meta", b"format", _Q.pack(FORMAT_VERSION))
-            txn.put("meta", b"seed", _Q.pack(ident.seed))
-            txn.put("meta", b"store_id", ident.store_id.encode())
-            txn.put("meta", b"secret_fp", ident.secret_fp or _fingerprint(self._secret))
-            for e in self.log.append(
-                txn, [("store.created", {"store_id": ident.store_id, "format": FORMAT_VERSION})]
-            ):
-                apply(txn, e)
-
-        fmt = self._meta(b"format")
-        if fmt is None:
-            if not create:
-                self.kv.close()
-                raise _NoFormatError(
-                    f"the ledger at {self.path}/ledger has committed transactions but no "
-                    f"store format record: it is damaged (or not an artledger ledger); "
-                    f"{RECOVER_HINT}"
-                )
-            self.kv.write(init)
-            return
-        version = _Q.unpack(fmt)[0]
-        if version > FORMAT_VERSION:
-            self.kv.close()
-            raise StoreFormatError(
-                f"the store at {self.path} has format version {version}, newer than this "
-                f"artledger supports ({FORMAT_VERSION}); upgrade artledger to open it"
-            )
-
     def identity(self) -> Identity:
         """The store id, chunk-address seed and secret fingerprint, from the ledger."""
-        fp = self._meta(b"secret_fp")
-        return Identity(self.store_id, self.chunks.seed, fp)
-
-    def _check_identity(self, *, write: bool) -> None:
-        """Write ``<store>/identity`` when missing; note when it disagrees with the ledger."""
-        assert self.path is not None
-        ours = self.identity()
-        found = read_identity(self.path)
-        if found is None:
-            if write and not (self.path / IDENTITY).exists():
-                with contextlib.suppress(OSError):
-                    write_identity(self.path, ours)
-            return
-        if (found.store_id, found.seed) != (ours.store_id, ours.seed):
-            self._identity_problem = (
-                f"the identity file {self.path / IDENTITY} names store {found.store_id}, but "
-                f"the ledger is store {ours.store_id}: it was copied from another store; "
-                "move it aside (the next open writes the right one)"
-            )
-
-    def _check_writable(self, what: str) -> None:
-        self._check_open()
-        if self._readonly is not None:
-            raise ReadOnlyStoreError(
-                f"the store at {self.path} is read-only ({self._readonly}): cannot {what}; "
-                "nothing was written"
-            )
-
-    def _check_secret(self, problem: str | None) -> None:
-        fp = self._meta(b"secret_fp")
-        if problem is None and fp is not None and fp != _fingerprint(self._secret):
-            problem = (
-                f"the store secret {self.path}/secret does not match the one this store was "
-                "created with (replaced or altered): pickled artifacts will neither load nor "
-                "save; restore the original file from a backup and reopen the store"
-            )
-        self._secret_problem = problem
-
-    def _recover_packs(self) -> list[str]:
-        """Truncate torn pack tails (see :meth:`PackBlobStore.recover`)."""
-        if isinstance(self.blobs, PackBlobStore):
-            return self.blobs.recover(self.segment_ends, self.segment_ends())
-        return []
-
-    def segment_ends(self) -> dict[str, int]:
-        """The committed end of every pack segment, from the ledger."""
-        with self._read() as txn:
-            return {k.decode(): _Q.unpack(v)[0] for k, v in txn.scan("segments")}
+        return self.ledger.identity()
 
     @property
     def store_id(self) -> str:
-        raw = self._meta(b"store_id")
-        return "" if raw is None else raw.decode()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreError("this store is closed; open it again with Store.open()")
+        return self.ledger.store_id
 
     def close(self) -> None:
         """Flush deferred events and release files; the store object is unusable after."""
-        if self._closed:
-            return
-        try:
-            self.flush()
-        finally:
-            self._closed = True
-            self.chunks.close()
-            self.blobs.close()
-            self.kv.close()
+        self.ledger.close()
 
     def __enter__(self) -> Store:
         return self
@@ -458,226 +155,129 @@ class Store(Catalog):
         where = "memory" if self.path is None else str(self.path)
         return f"<Store {where}>"
 
-    # -- the commit path -----------------------------------------------------------
-    def defer(self, records: Iterable[tuple[str, dict[str, Any]]]) -> None:
-        """Queue events whose loss costs nothing; they ride along with the next
-        durable commit (or :meth:`flush`)."""
-        with self._deferred_lock:
-            self._deferred.extend(records)
-
     def flush(self) -> None:
-        """Commit deferred events now (durably)."""
-        with self._deferred_lock:
-            if not self._deferred:
-                return
-        self.commit(lambda txn: [])
+        """Commit deferred events (step timings and the like) now, durably."""
+        self.ledger.flush()
 
-    def commit(
-        self,
-        build: Callable[[Txn], list[tuple[str, dict[str, Any]]]],
-        sessions: Iterable[WriteSession] = (),
-    ) -> list[Event]:
-        """Append deferred events plus ``build(txn)``'s, fold them, index the
-        sessions' chunks, and commit durably, all in one transaction."""
-        self._check_writable("commit")
-        sessions = list(sessions)
-        try:
-            return self._commit(build, sessions)
-        finally:
-            for s in sessions:
-                s.release()
+    # -- transitional: ledger internals still reached through the store ------------
+    @property
+    def kv(self) -> KV:
+        return self.ledger.kv
 
-    def _commit(
-        self,
-        build: Callable[[Txn], list[tuple[str, dict[str, Any]]]],
-        sessions: list[WriteSession],
-    ) -> list[Event]:
-        ends = self.blobs.flush([loc for s in sessions for loc in s.held])
-        failpoints.hit("commit.before_txn")
-        with self._deferred_lock:
-            deferred = list(self._deferred)
+    @property
+    def blobs(self) -> BlobStore:
+        return self.ledger.blobs
 
-            def fn(txn: Txn) -> list[Event]:
-                # Segment ends first: ``build`` may drop a segment (gc compaction).
-                record_segment_ends(txn, ends)
-                records = deferred + build(txn)
-                for s in sessions:
-                    self._index(txn, s)
-                events = self.log.append(txn, records)
-                for e in events:
-                    apply(txn, e)
-                failpoints.hit("commit.in_txn")
-                return events
+    @property
+    def chunks(self) -> ChunkStore:
+        return self.ledger.chunks
 
-            events = self.kv.write(fn)
-            del self._deferred[: len(deferred)]
-        failpoints.hit("commit.after")
-        return events
+    @property
+    def log(self) -> EventLog:
+        return self.ledger.log
+
+    @property
+    def _secret(self) -> bytes:
+        return self.ledger.secret
+
+    @property
+    def _secret_problem(self) -> str | None:
+        return self.ledger.secret_problem
+
+    @property
+    def _identity_problem(self) -> str | None:
+        return self.ledger.identity_problem
+
+    def _read(self) -> contextlib.AbstractContextManager[Txn]:
+        return self.catalog._read()
+
+    def _check_writable(self, what: str) -> None:
+        self.ledger.check_writable(what)
 
     def _index(self, txn: Txn, session: WriteSession) -> None:
-        added = 0
-        for digest in session.referenced:
-            if txn.get("chunks", digest) is not None:
-                continue
-            rec = session.new.get(digest)
-            if rec is None:
-                raise _ChunkGoneError(digest)
-            txn.put("chunks", digest, rec.pack())
-            added += rec.stored_len
-        if added:
-            raw = txn.get("meta", b"stored_bytes")
-            total = (0 if raw is None else int.from_bytes(raw, "big")) + added
-            txn.put("meta", b"stored_bytes", total.to_bytes(8, "big"))
+        _index(txn, session)
 
-    # -- artifacts -------------------------------------------------------------
-    def prepare(
-        self,
-        obj: Any,
-        name: str,
-        *,
-        version: int | str | None = None,
-        tags: Iterable[str] = (),
-        metadata: Mapping[str, Any] | None = None,
-        materializer: type | None = None,
-        producer: str | None = None,
-        run: str | None = None,
-        session: WriteSession | None = None,
-    ) -> Prepared:
-        """Materialize ``obj`` into chunks (durable after the next commit)."""
-        from materializers import registry
+    def _recover_packs(self) -> list[str]:
+        return self.ledger.recover_blobs()
 
-        self._check_writable(f"save artifact {name!r}")
-        _check_name(name)
-        version = normalise_version(version)
-        tags = _check_tags(tags)
-        if metadata is not None and not isinstance(metadata, Mapping):
-            raise InvalidArgumentError("metadata must be a mapping of str to plain values")
-        user_meta = plain(dict(metadata or {}), where="metadata")
-        cls = materializer or registry.materializer_for(type(obj))
-        ident = registry.identity(cls)
-        session = session or self.chunks.session()
-        files = WriteFiles(session, self._secret, secret_problem=self._secret_problem)
-        meta_job: Future[Any] | None = None
-        try:
-            m = cls(files)
-            if getattr(obj, "nbytes", 0) >= _OVERLAP_METADATA:
-                # Large arrays: compute statistics while the bytes are hashed and written.
-                meta_job = _side_pool().submit(m.extract_metadata, obj)
-            m.save(obj)
-            files.finish()
-        except StoreSecretError as e:
-            files.discard()
-            raise StoreSecretError(f"artifact {name!r}: {e}") from None
-        except ArtledgerError:
-            files.discard()
-            session.release()
-            raise
-        except Exception as e:
-            files.discard()
-            session.release()
-            raise MaterializerError(
-                f"materializer {ident} failed to save a {type(obj).__qualname__} "
-                f"as artifact {name!r}: {e}"
-            ) from e
-        finally:
-            if meta_job is not None:
-                concurrent.futures.wait([meta_job])
-        entries = list(files.entries.values())
-        chash = content_hash(entries)
-        size = sum(f.size for f in entries)
-        extracted = _safe_call(
-            m.extract_metadata if meta_job is None else (lambda _: meta_job.result()),
-            obj,
-            f"{ident}.extract_metadata",
-        )
-        meta = plain(extracted or {}, where=f"metadata extracted by {ident}")
-        meta.update({"size": size, "content_hash": chash, "materializer": ident})
-        vis: list[list[Any]] = []
-        vfiles = WriteFiles(session, self._secret, secret_problem=self._secret_problem)
-        vm = cls(vfiles)
-        vm.metadata = extracted if isinstance(extracted, dict) else None
-        kinds = _safe_call(vm.save_visualizations, obj, f"{ident}.save_visualizations")
-        vfiles.finish()
-        for vname, kind in (kinds or {}).items():
-            entry = vfiles.entries.get(vname)
-            if entry is not None:
-                vis.append([vname, str(kind), entry.to_record()])
-        data = {
-            "id": secrets.token_hex(8),
-            "name": name,
-            "version": version,
-            "content_hash": chash,
-            "data_type": registry.topic_of(type(obj)),
-            "materializer": ident,
-            "materializer_version": int(getattr(cls, "VERSION", 1)),
-            "artifact_type": str(getattr(cls, "ASSOCIATED_ARTIFACT_TYPE", "data")),
-            "files": [f.to_record() for f in entries],
-            "visualizations": vis,
-            "state": plain(files.state, where="materializer state"),
-            "metadata": meta,
-            "user_metadata": user_meta,
-            "tags": tags,
-            "producer": producer,
-            "run": run,
-            "size": size,
-        }
-        return Prepared(data, session, version)
+    def segment_ends(self) -> dict[str, int]:
+        return self.ledger.container_state()
 
-    def assign_versions(self, txn: Txn, prepared: list[Prepared]) -> list[dict[str, Any]]:
-        """Fill in version numbers inside the commit transaction (gapless per name)."""
-        nexts: dict[str, int] = {}
-        taken: set[tuple[str, int | str]] = set()  # versions given earlier in this batch
-        out = []
-        for p in prepared:
-            d = dict(p.data)
-            name = d["name"]
-            nxt = nexts.get(name) or next_version(txn, name)
-            v = p.requested_version
-            if v is None:
-                v = nxt
-                if v > MAX_VERSION:
-                    raise InvalidArgumentError(
-                        f"artifact {name!r} has used up its integer versions (the last is "
-                        f"{v - 1}); give this one a string version"
-                    )
-            elif (name, v) in taken or txn.get("versions", version_key(name, v)) is not None:
-                raise InvalidArgumentError(
-                    f"artifact {name!r} already has version {v!r}; pick another or omit version="
-                )
-            if isinstance(v, int) and v >= nxt:
-                nxt = v + 1
-            nexts[name] = nxt
-            taken.add((name, v))
-            d["version"] = v
-            out.append(d)
-        return out
+    def commit(self, build: Any, sessions: Iterable[WriteSession] = ()) -> list[Event]:
+        return self.ledger.commit(build, sessions)
+
+    def defer(self, records: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        self.ledger.defer(records)
+
+    def prepare(self, obj: Any, name: str, **kw: Any) -> Prepared:
+        return prepare(self.ledger, obj, name, **kw)
 
     def commit_artifacts(
-        self,
-        prepared: list[Prepared],
-        extra: Callable[[list[dict[str, Any]]], list[tuple[str, dict[str, Any]]]] | None = None,
+        self, prepared: list[Prepared], extra: Any = None
     ) -> list[ArtifactVersion]:
-        """Commit prepared artifacts (plus ``extra`` events built from their
-        final records) in one durable transaction."""
-        datas: list[dict[str, Any]] = []
-
-        def build(txn: Txn) -> list[tuple[str, dict[str, Any]]]:
-            datas[:] = self.assign_versions(txn, prepared)
-            records = [("artifact.written", d) for d in datas]
-            if extra is not None:
-                records += extra(datas)
-            return records
-
-        sessions = {id(p.session): p.session for p in prepared}.values()
-        try:
-            self.commit(build, sessions)
-        except _ChunkGoneError as e:
-            raise StoreError(
-                f"chunk {e.args[0].hex()} was collected by a concurrent gc while this write "
-                "was in progress; nothing was committed, retry the write"
-            ) from None
+        datas = commit_artifacts(self.ledger, prepared, extra)
         return [self.get_artifact_by_id(d["id"]) for d in datas]
 
+    # -- reading (the catalog) -------------------------------------------------------
+    @property
+    def head(self) -> int:
+        """The last sequence number in the log (0 when empty)."""
+        return self.catalog.head
+
+    def events(self, start: int = 1, stop: int | None = None) -> Iterator[Event]:
+        """Events with ``start <= seq < stop`` in order (``stop`` exclusive)."""
+        return self.catalog.events(start, stop)
+
+    def get_artifact(self, name: str, version: int | str | None = None) -> ArtifactVersion:
+        """A version of ``name``: the latest, or ``version`` (an int, a label, or ``"latest"``)."""
+        return self.catalog.get_artifact(name, version)
+
+    def get_artifact_by_id(self, artifact_id: str) -> ArtifactVersion:
+        """The artifact version with this id (deleted ones too)."""
+        return self.catalog.get_artifact_by_id(artifact_id)
+
+    def list_artifacts(
+        self, name: str | None = None, tag: str | None = None, *, include_deleted: bool = False
+    ) -> list[ArtifactVersion]:
+        """Artifact versions, oldest first, optionally of one name and/or one tag."""
+        return self.catalog.list_artifacts(name, tag, include_deleted=include_deleted)
+
+    def find_by_content(self, content_hash: str) -> list[ArtifactVersion]:
+        """Every artifact version whose files hash to ``content_hash``."""
+        return self.catalog.find_by_content(content_hash)
+
+    def get_run(self, run_id: str) -> Run:
+        """The run with this id."""
+        return self.catalog.get_run(run_id)
+
+    def list_runs(self, pipeline: str | None = None) -> list[Run]:
+        """Runs, oldest first, optionally of one pipeline."""
+        return self.catalog.list_runs(pipeline)
+
+    def get_step_run(self, step_run_id: str) -> StepRun:
+        """The step run with this id."""
+        return self.catalog.get_step_run(step_run_id)
+
+    def step_components(self, step_run_id: str) -> dict[str, Any] | None:
+        """The cache-key components a step run recorded (None if it computed no key)."""
+        return self.catalog.step_components(step_run_id)
+
+    def consumers(self, art: ArtifactVersion | str) -> list[StepRun]:
+        """Step runs that read this artifact version as an input, oldest first."""
+        return self.catalog.consumers(art)
+
+    def lineage(
+        self, art: ArtifactVersion | str, direction: str = "upstream", depth: int | None = None
+    ) -> LineageGraph:
+        """Where an artifact came from (``upstream``) or what was derived from it
+        (``downstream``), across runs and through cached steps."""
+        return self.catalog.lineage(art, direction, depth)
+
+    def stats(self) -> dict[str, int]:
+        """Counts and sizes: events, runs, artifacts, chunks, logical and stored bytes."""
+        return self.catalog.stats()
+
+    # -- writing ---------------------------------------------------------------------
     def save_artifact(
         self,
         obj: Any,
@@ -689,16 +289,20 @@ class Store(Catalog):
         materializer: type | None = None,
     ) -> ArtifactVersion:
         """Store ``obj`` as the next version of ``name``; returns after a durable commit."""
-        for attempt in range(2):
-            p = self.prepare(
-                obj, name, version=version, tags=tags, metadata=metadata, materializer=materializer
+
+        def write() -> list[dict[str, Any]]:
+            p = prepare(
+                self.ledger,
+                obj,
+                name,
+                version=version,
+                tags=tags,
+                metadata=metadata,
+                materializer=materializer,
             )
-            try:
-                return self.commit_artifacts([p])[0]
-            except StoreError as e:
-                if attempt or "concurrent gc" not in str(e):
-                    raise
-        raise AssertionError("unreachable")
+            return commit_artifacts(self.ledger, [p])
+
+        return self.get_artifact_by_id(retry_on_concurrent_gc(write)[0]["id"])
 
     def load_artifact(self, name: str, version: int | str | None = None) -> Any:
         """The object stored as ``name`` (latest version unless one is given)."""
@@ -715,19 +319,19 @@ class Store(Catalog):
             raise ArtifactNotFoundError(f"artifact {art.name}:{art.version} was deleted")
         return art
 
-    def _simple(self, records: list[tuple[str, dict[str, Any]]]) -> None:
-        self.commit(lambda txn: records)
+    def _events(self, records: list[tuple[str, dict[str, Any]]]) -> None:
+        self.ledger.commit(lambda txn: records)
 
     def tag(self, art: ArtifactVersion | str, *tags: str) -> ArtifactVersion:
         """Add tags to an artifact version."""
         a = self._resolve(art)
-        self._simple([("artifact.tagged", {"id": a.id, "tags": _check_tags(tags)})])
+        self._events([("artifact.tagged", {"id": a.id, "tags": check_tags(tags)})])
         return self.get_artifact_by_id(a.id)
 
     def untag(self, art: ArtifactVersion | str, *tags: str) -> ArtifactVersion:
         """Remove tags from an artifact version."""
         a = self._resolve(art)
-        self._simple([("artifact.untagged", {"id": a.id, "tags": _check_tags(tags)})])
+        self._events([("artifact.untagged", {"id": a.id, "tags": check_tags(tags)})])
         return self.get_artifact_by_id(a.id)
 
     def log_metadata(
@@ -737,44 +341,25 @@ class Store(Catalog):
         a = self._resolve(art)
         if not isinstance(metadata, Mapping):
             raise InvalidArgumentError("metadata must be a mapping of str to plain values")
-        self._simple([("metadata.logged", {"id": a.id, "metadata": plain(dict(metadata))})])
+        self._events([("metadata.logged", {"id": a.id, "metadata": plain(dict(metadata))})])
         return self.get_artifact_by_id(a.id)
 
     def delete_artifact(self, art: ArtifactVersion | str) -> None:
         """Tombstone an artifact version; its bytes stay until :meth:`gc`."""
         a = self._resolve(art)
-        self._simple([("artifact.deleted", {"id": a.id})])
+        self._events([("artifact.deleted", {"id": a.id})])
 
     def delete_run(self, run: Run | str) -> None:
         """Tombstone a run (its artifacts stay; delete them separately)."""
         r = self.get_run(run.id if isinstance(run, Run) else run)
         if r.deleted:
             return
-        self._simple([("run.deleted", {"id": r.id})])
+        self._events([("run.deleted", {"id": r.id})])
 
     # -- maintenance ---------------------------------------------------------------
     def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Drop every projection and fold the whole log again; events folded."""
-        self._check_writable("rebuild the projections")
-        self.flush()
-
-        def fn(txn: Txn) -> int:
-            for db in PROJECTION_DBS:
-                txn.drop(db)
-            txn.delete("meta", b"proj_pos")
-            head = self.log.head(txn)
-
-            def events() -> Iterator[Event]:
-                for e in self.log.read(txn):
-                    yield e
-                    if progress is not None and e.seq % 20000 == 0:
-                        progress(e.seq, head)
-
-            n = fold(txn, events())
-            failpoints.hit("rebuild.before_commit")
-            return n
-
-        return self.kv.write(fn)
+        return self.ledger.rebuild(progress)
 
     def verify(
         self,
@@ -794,7 +379,7 @@ class Store(Catalog):
         from engine.ops.maintenance import VerifyReport, verify
 
         if fix:
-            self._check_writable("fix what verify finds")
+            self.ledger.check_writable("fix what verify finds")
         if isolate and self.path is not None:
             from engine.ops.salvage import walk_ledger
 
@@ -814,7 +399,7 @@ class Store(Catalog):
         from engine.ops.maintenance import gc
 
         if not dry_run:
-            self._check_writable("collect garbage")
+            self.ledger.check_writable("collect garbage")
         with damage_boundary(f"gc on the ledger at {self.path}"):
             return gc(self, dry_run=dry_run, explain=explain)
 
@@ -850,10 +435,10 @@ class Store(Catalog):
         from engine.ops.transfer import import_stream
 
         if isinstance(into, Store):
-            into._check_writable("import")
+            into.ledger.check_writable("import")
             return import_stream(into, path, trust_pickles=trust_pickles, progress=progress)
         with cls.open(into) as store:
-            store._check_writable("import")
+            store.ledger.check_writable("import")
             return import_stream(store, path, trust_pickles=trust_pickles, progress=progress)
 
     def as_of(self, when: Any) -> HistoricalView:
@@ -874,7 +459,7 @@ class Store(Catalog):
         the run is recorded as failed."""
         from engine.pipelines.runner import run_pipeline
 
-        self._check_writable(f"run pipeline {getattr(pipeline, '__name__', pipeline)!r}")
+        self.ledger.check_writable(f"run pipeline {getattr(pipeline, '__name__', pipeline)!r}")
         enable_cache = params.pop("enable_cache", None)
         return run_pipeline(self, pipeline, params, enable_cache)
 
@@ -886,122 +471,3 @@ class Store(Catalog):
         if not isinstance(step_run, StepRun):
             step_run = self.get_step_run(step_run)
         return explain(step_run)
-
-
-def record_segment_ends(txn: Txn, ends: Mapping[str, int]) -> None:
-    """Record pack segment ends returned by ``BlobStore.flush`` (never lowering one)."""
-    for name, end in ends.items():
-        old = txn.get("segments", name.encode())
-        if old is None or _Q.unpack(old)[0] < end:
-            txn.put("segments", name.encode(), _Q.pack(end))
-
-
-def _check_name(name: Any) -> None:
-    if not isinstance(name, str) or not name or "\x00" in name or len(name) > 512:
-        raise InvalidArgumentError(
-            f"artifact name must be a non-empty string without NUL (at most 512 chars), "
-            f"not {name!r}"
-        )
-
-
-def _check_tags(tags: Iterable[str]) -> list[str]:
-    if isinstance(tags, str):
-        tags = [tags]
-    out = []
-    for t in tags:
-        if not isinstance(t, str) or not t or "\x00" in t:
-            raise InvalidArgumentError(f"tags must be non-empty strings, not {t!r}")
-        out.append(t)
-    return sorted(set(out))
-
-
-_OVERLAP_METADATA = 8 << 20
-_side: ThreadPoolExecutor | None = None
-_side_lock = threading.Lock()
-
-
-def _side_pool() -> ThreadPoolExecutor:
-    """One thread for work that overlaps a save (metadata of large arrays)."""
-    global _side
-    with _side_lock:
-        if _side is None:
-            _side = ThreadPoolExecutor(1, thread_name_prefix="artledger-meta")
-        return _side
-
-
-def _safe_call(fn: Callable[[Any], Any], obj: Any, what: str) -> Any:
-    try:
-        return fn(obj)
-    except ArtledgerError:
-        raise
-    except Exception as e:
-        warnings.warn(
-            f"{what} failed ({type(e).__name__}: {e}); skipped", UserWarning, stacklevel=3
-        )
-        return None
-
-
-def _refuse_missing(root: Path, df: DataFile) -> None:
-    """Raise :class:`LedgerMissingError` when ``root`` was used but its ledger is gone."""
-    used = evidence_of_use(root)
-    if used is None:
-        return
-    what = {
-        "missing": "is missing",
-        "empty": "is empty (0 bytes)",
-        "blank": "holds a ledger that never committed anything",
-    }.get(df.state, f"is unusable ({df.state})")
-    raise LedgerMissingError(
-        f"the store at {root} was used ({used}) but its ledger {df.path} {what}; "
-        "refusing to start a new, empty ledger over it (every artifact would disappear and "
-        f"the pack files' chunks would be unreachable). {RECOVER_HINT[0].upper()}"
-        f"{RECOVER_HINT[1:]}"
-    )
-
-
-def _fingerprint(secret: bytes) -> bytes:
-    return hashlib.blake2b(secret, digest_size=16, person=b"artledger-secret").digest()
-
-
-def _load_secret(root: Path, *, create: bool) -> tuple[bytes, str | None]:
-    path = root / "secret"
-    if create and not path.exists():
-        # Written whole to a private file, then linked into place: a crash or a
-        # concurrent first open never sees an empty or partial secret.
-        tmp = root / f".secret-{secrets.token_hex(8)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, secrets.token_bytes(32))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-        finally:
-            tmp.unlink()
-        _fsync_dir(root)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return secrets.token_bytes(32), (
-            f"the store secret {path} is missing: pickled artifacts will neither load nor "
-            "save; restore the file from a backup and reopen the store"
-        )
-    except OSError as e:
-        raise StoreError(f"cannot read the store secret {path}: {e}") from e
-    if len(data) < 16:
-        return secrets.token_bytes(32), (
-            f"the store secret {path} is truncated: pickled artifacts will neither load nor "
-            "save; restore the file from a backup and reopen the store"
-        )
-    return data, None
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -225,9 +225,9 @@ def test_open_during_segment_rollover_keeps_the_write(
 ) -> None:
     """A save large enough to roll over to a new pack segment; another store
     opens (and recovers packs) while the save is still writing chunks."""
-    import engine.storage.blobs
+    import engine.storage.blobs.packs
 
-    monkeypatch.setattr(engine.storage.blobs, "SEGMENT_LIMIT", 256 << 10)
+    monkeypatch.setattr(engine.storage.blobs.packs, "SEGMENT_LIMIT", 256 << 10)
     path = tmp_path / "s"
     arr = np.random.default_rng(1).random(100_000)  # 800 KB: rolls over three times
     real_hit = failpoints.hit

@@ -330,7 +330,7 @@ def test_gc_on_a_full_disk_deletes_dead_segments_first(tmp_path: Path) -> None:
         rng = np.random.default_rng(5)
         with Store.open(path, chunk_size=64 << 10, map_size=1 << 20) as s:
             keep = s.save_artifact(rng.random(20_000), "keep")  # its own segment
-            s.blobs.rotate()  # type: ignore[attr-defined]
+            s.ledger.blobs.seal()
             with pytest.raises(StoreError, match="no space left"):
                 for _ in range(100):
                     s.save_artifact(rng.random(25_000), "a")

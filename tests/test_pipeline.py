@@ -262,7 +262,7 @@ def test_failure_then_resume_with_upstream_cached(store: Store) -> None:
     SWITCH["fail"] = True
     with pytest.raises(ValueError, match="fragile step broke"):
         store.run(breaking)
-    assert store._deferred == []  # every event of the run is in the log
+    assert store.ledger._deferred == []  # every event of the run is in the log
     (run,) = store.list_runs("breaking")
     assert run.status == "failed"
     assert "fragile step broke" in run.error

@@ -179,7 +179,7 @@ def cmd_artifacts(args: argparse.Namespace) -> int:
 
 def cmd_artifact(args: argparse.Namespace) -> int:
     with _open(args) as store:
-        a = _spec(store, args.spec)
+        a = _spec(store.catalog, args.spec)
         rec = a.record()
         producer = None
         if rec.get("producer"):
@@ -233,7 +233,7 @@ def cmd_artifact(args: argparse.Namespace) -> int:
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     with _open(args) as store:
-        a = _spec(store, args.spec)
+        a = _spec(store.catalog, args.spec)
         graph = store.lineage(a, "downstream" if args.down else "upstream", args.depth)
         if args.format == "json":
             sys.stdout.write(graph.to_json() + "\n")

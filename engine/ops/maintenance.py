@@ -14,8 +14,6 @@ rewritten; files are deleted only after the index commit that dropped them.
 
 from __future__ import annotations
 
-import contextlib
-import shutil
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +23,7 @@ from engine import failpoints
 from engine.errors import ArtledgerError, IntegrityError
 from engine.projections import PROJECTION_DBS, fold
 from engine.projections.records import DECODE_ERRORS, damage_boundary, record
-from engine.storage.blobs import MAGIC, MemoryBlobStore, PackBlobStore
+from engine.storage.blobs import BlobStore, Location
 from engine.storage.chunks import ChunkRecord
 from engine.storage.kv import MemoryKV, Txn
 
@@ -169,25 +167,14 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
             except Exception:
                 report.problems.append(f"chunk {digest.hex()}: index record is damaged ({who})")
                 continue
-            if isinstance(store.blobs, PackBlobStore) and rec.loc is not None:
+            if rec.loc is not None:
                 try:
-                    magic, hdigest, codec, plen, rlen = store.blobs.read_header(
-                        rec.loc[0], rec.loc[1]
-                    )
-                    if (magic, hdigest, codec, plen, rlen) != (
-                        MAGIC,
-                        digest,
-                        rec.codec,
-                        rec.loc[2],
-                        rec.raw_len,
-                    ):
-                        report.problems.append(
-                            f"pack segment {rec.loc[0]}.pack: header of chunk {digest.hex()} "
-                            f"at offset {rec.loc[1]} does not match the index ({who})"
-                        )
+                    problem = store.blobs.check(rec.loc, digest, rec.codec, rec.raw_len)
                 except ArtledgerError as e:
                     report.problems.append(f"chunk {digest.hex()} ({who}): {e}")
                     continue
+                if problem is not None:
+                    report.problems.append(f"{problem} ({who})")
             try:
                 buf = bytearray(rec.raw_len)
                 store.chunks.decode_into(digest, rec, memoryview(buf), who)
@@ -198,35 +185,21 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
         report.checked["chunks"] = n
 
     def packs(txn: Txn) -> None:
-        # Pack files against the segment table.
-        if not isinstance(store.blobs, PackBlobStore):
-            return
-        ends = {k.decode(): int.from_bytes(v, "big") for k, v in txn.scan("segments")}
-        for name, end in ends.items():
-            size = store.blobs.segment_size(name)
-            if size < 0:
-                if any(
-                    ChunkRecord.unpack(v).loc and ChunkRecord.unpack(v).loc[0] == name  # type: ignore[index]
-                    for _, v in txn.scan("chunks")
-                ):
-                    report.problems.append(f"pack segment {name}.pack is missing")
-            elif size < end:
-                report.problems.append(
-                    f"pack segment {name}.pack is truncated: {size} bytes, {end} committed"
-                )
-            elif size > end:
-                report.notes.append(
-                    f"pack segment {name}.pack has {size - end} bytes past its committed "
-                    "end (an unfinished write; `verify --fix` truncates it)"
-                )
-        for name in store.blobs.orphans(ends):
-            size = store.blobs.segment_size(name)
-            report.notes.append(
-                f"pack segment {name}.pack ({size} bytes) is unknown to the ledger: left by "
-                "a writer that stopped before its first commit; nothing references it "
-                "(`artledger gc` deletes it)"
-            )
-        report.checked["segments"] = len(ends)
+        # The blob store's containers (pack files) against the recorded state.
+        state = {k.decode(): int.from_bytes(v, "big") for k, v in txn.scan("segments")}
+
+        def referenced(name: str) -> bool:
+            for _, v in txn.scan("chunks"):
+                loc = ChunkRecord.unpack(v).loc
+                if loc is not None and loc.container == name:
+                    return True
+            return False
+
+        found = store.blobs.check_containers(state, referenced)
+        if found is not None:
+            report.problems += found.problems
+            report.notes += found.notes
+            report.checked["segments"] = found.checked
 
     def projections(txn: Txn) -> None:
         # Projections against a fresh fold.
@@ -300,7 +273,7 @@ def gc(store: Store, *, dry_run: bool = False, explain: bool = False) -> GcRepor
             store.kv.end_read(txn)
         return report
 
-    dead_locs: list[list[Any]] = []
+    dead_locs: list[Location] = []
 
     def sweep(txn: Txn) -> list[tuple[str, dict[str, Any]]]:
         dead = _classify(txn, report, explain)
@@ -319,12 +292,13 @@ def gc(store: Store, *, dry_run: bool = False, explain: bool = False) -> GcRepor
 
     store.commit(sweep)
     failpoints.hit("gc.after_index_commit")
-    if isinstance(store.blobs, MemoryBlobStore):
+    blobs = store.blobs
+    if blobs.supports_deletes:
         for loc in dead_locs:
-            store.blobs.delete(loc)
-    elif isinstance(store.blobs, PackBlobStore):
-        store.blobs.rotate()
-        _compact(store, store.blobs, report)
+            blobs.delete(loc)
+    if blobs.supports_compaction:
+        blobs.seal()
+        _compact(store, blobs, report)
     return report
 
 
@@ -338,8 +312,8 @@ def _pack_layout(
     for digest, raw in txn.scan("chunks"):
         rec = ChunkRecord.unpack(raw)
         if rec.loc is not None:
-            live_bytes[rec.loc[0]] += rec.loc[2]
-            members[rec.loc[0]].append((digest, rec))
+            live_bytes[rec.loc.container] += rec.loc.length
+            members[rec.loc.container].append((digest, rec))
     return ends, live_bytes, members
 
 
@@ -348,7 +322,7 @@ def _worth_compacting(name: str, ends: dict[str, int], live_bytes: dict[str, int
     return end > 0 and live_bytes.get(name, 0) < COMPACT_BELOW * end
 
 
-def _compact(store: Store, blobs: PackBlobStore, report: GcReport) -> None:
+def _compact(store: Store, blobs: BlobStore, report: GcReport) -> None:
     """Rewrite mostly-dead segments, delete dead and orphaned ones.
 
     Candidates come from a snapshot; each is then locked (a segment a live
@@ -360,7 +334,7 @@ def _compact(store: Store, blobs: PackBlobStore, report: GcReport) -> None:
     with store._read() as txn:
         ends, live_bytes, _ = _pack_layout(txn)
     candidates = [n for n in ends if _worth_compacting(n, ends, live_bytes)]
-    candidates += [n for n in blobs.segment_names() if n not in ends]  # orphans
+    candidates += [n for n in blobs.containers() if n not in ends]  # orphans
     if not candidates:
         return
     with blobs.claimed(candidates) as held:
@@ -376,26 +350,28 @@ def _compact(store: Store, blobs: PackBlobStore, report: GcReport) -> None:
             store.commit(_forget_segments(empty))
             failpoints.hit("gc.before_delete_files")
             for name in empty + orphans:
-                blobs.delete_segment(name)
+                blobs.delete_container(name)
             report.segments_deleted += len(empty) + len(orphans)
         if not full:
             return
-        need = sum(rec.loc[2] + 64 for n in full for _, rec in members[n])  # type: ignore[index]
-        free = shutil.disk_usage(blobs.root).free
-        if free < need + COMPACT_HEADROOM:
+        need = sum(rec.stored_len + 64 for n in full for _, rec in members[n])
+        room = blobs.free_space()
+        if room is not None and room[1] < need + COMPACT_HEADROOM:
+            where, free = room
             report.notes.append(
                 f"{len(full)} mostly-dead pack segment{'s' if len(full) > 1 else ''} not "
                 "rewritten: that needs "
-                f"{need + COMPACT_HEADROOM} bytes free on the device holding {blobs.root}, "
+                f"{need + COMPACT_HEADROOM} bytes free on the device holding {where}, "
                 f"which has {free}; free some space and run gc again"
             )
             return
         failpoints.hit("gc.before_compact_copy")
-        moved: dict[bytes, list[Any]] = {}
+        moved: dict[bytes, Location] = {}
         copies = store.chunks.session()
         for name in full:
             for digest, rec in members[name]:
-                moved[digest] = copies.relocate(digest, rec, blobs.get(rec.loc))  # type: ignore[arg-type]
+                assert rec.loc is not None  # members are chunks with a location
+                moved[digest] = copies.relocate(digest, rec, blobs.get(rec.loc))
 
         def relink(txn: Txn) -> list[tuple[str, dict[str, Any]]]:
             for digest, loc in moved.items():
@@ -403,7 +379,7 @@ def _compact(store: Store, blobs: PackBlobStore, report: GcReport) -> None:
                 if raw is None:
                     continue
                 rec = ChunkRecord.unpack(raw)
-                if rec.loc is not None and rec.loc[0] in full:
+                if rec.loc is not None and rec.loc.container in full:
                     rec.loc = loc
                     txn.put("chunks", digest, rec.pack())
             return _forget_segments(full)(txn)
@@ -411,11 +387,9 @@ def _compact(store: Store, blobs: PackBlobStore, report: GcReport) -> None:
         store.commit(relink, [copies])
         failpoints.hit("gc.before_delete_files")
         for name in full:
-            blobs.delete_segment(name)
+            blobs.delete_container(name)
         report.segments_compacted += len(full)
-    for path in blobs.stale_new_files(older_than=600):
-        with contextlib.suppress(OSError):
-            path.unlink()
+    blobs.cleanup(older_than=600)
 
 
 def _forget_segments(names: list[str]) -> Callable[[Txn], list[tuple[str, dict[str, Any]]]]:

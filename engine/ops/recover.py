@@ -54,7 +54,7 @@ from engine.ledger.layout import (
 from engine.ops.salvage import readable_copy, run_child
 from engine.projections import fold
 from engine.storage import lmdb_file as ledger_file
-from engine.storage.blobs import HEADER, MAGIC, PackBlobStore
+from engine.storage.blobs import HEADER, MAGIC, Location, PackBlobStore
 from engine.storage.chunks import CODEC_RAW, CODEC_ZSTD, ChunkRecord
 from engine.storage.kv import LmdbKV, Txn, is_open_here
 from engine.storage.lmdb_pages import leaf_records
@@ -356,7 +356,9 @@ def _scan_packs(packs: Path, seed: int | None, progress: Progress | None) -> _Pa
                 end = off + HEADER.size + plen
                 out.max_raw = max(out.max_raw, rlen)
                 if digest not in out.index:
-                    out.index[digest] = ChunkRecord(codec, rlen, [name, off + HEADER.size, plen])
+                    out.index[digest] = ChunkRecord(
+                        codec, rlen, Location(name, off + HEADER.size, plen)
+                    )
             if valid:
                 out.ends[name] = end
                 if size > end:
@@ -565,7 +567,8 @@ def _build(
 ) -> None:
     """Write the new ledger: identity, chunk index, segment ends, the salvaged
     events and their projections, in one transaction."""
-    from engine.store import FORMAT_VERSION, _fingerprint
+    from engine.ledger.core import FORMAT_VERSION
+    from engine.ledger.secret import fingerprint as _fingerprint
 
     index = dict(inline)
     index.update(packs.index)
@@ -658,14 +661,24 @@ def _import(
     progress: Progress | None,
 ) -> None:
     """Import the export's events (and the chunks the packs no longer hold)."""
+    from engine.ledger.core import Ledger
+    from engine.ledger.secret import load_secret as _load_secret
     from engine.ops.transfer import import_stream
-    from engine.store import _load_secret
 
     secret, _ = _load_secret(root, create=False)
     kv = LmdbKV(new_dir)
     blobs = PackBlobStore(root / "packs")
     store = cls(
-        kv, blobs, path=root, secret=secret, chunk_size=chunk_size, level=3, workers=2, create=False
+        Ledger(
+            kv,
+            blobs,
+            path=root,
+            secret=secret,
+            chunk_size=chunk_size,
+            level=3,
+            workers=2,
+            create=False,
+        )
     )
     try:
         got = import_stream(

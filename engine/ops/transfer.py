@@ -437,9 +437,8 @@ def import_stream(
     ``preserve_trust`` keeps the events' own trust marks and signatures (for a
     copy that shares the source's secret, ``replay --into``); ``allow_absent``
     accepts live artifact versions whose chunks the source no longer held."""
-    from engine.store import _ChunkGoneError, record_segment_ends
-
     t0 = time.perf_counter()
+    ledger = store.ledger
     src = Path(path)
     report = ImportReport(src)
     plan = scan(src, allow_absent=allow_absent, check_clock=not preserve_trust, progress=progress)
@@ -490,7 +489,6 @@ def import_stream(
         chunks.write(files())
         if progress is not None:
             progress("write", len(plan.written_at), len(plan.written_at))
-        ends = store.blobs.flush(session.held)
         failpoints.hit("import.after_chunks")
 
         def finish(d: dict[str, Any], shifts: dict[str, int]) -> dict[str, Any]:
@@ -521,14 +519,12 @@ def import_stream(
                     "nothing was imported, retry"
                 )
             shifts = _renumber(txn, plan)
-            store._index(txn, session)
-            record_segment_ends(txn, ends)
             first = last = untrusted = logical = 0
             batch: list[dict[str, Any]] = []
 
             def append() -> None:
                 nonlocal first, last
-                for ev in store.log.append_raw(txn, batch):
+                for ev in ledger.log.append_raw(txn, batch):
                     apply(txn, ev)
                     first, last = first or ev.seq, ev.seq
                 batch.clear()
@@ -550,14 +546,8 @@ def import_stream(
             failpoints.hit("import.in_txn")
             return first, last, untrusted, logical, shifts
 
-        store.kv.reserve(LEDGER_BYTES_PER_EVENT_BYTE * plan.event_bytes)
-        try:
-            first, last, untrusted, logical, shifts = store.kv.write(fn)
-        except _ChunkGoneError as e:
-            raise StoreError(
-                f"chunk {e.args[0].hex()} was collected by a concurrent gc during the import; "
-                "nothing was imported, retry"
-            ) from None
+        ledger.kv.reserve(LEDGER_BYTES_PER_EVENT_BYTE * plan.event_bytes)
+        first, last, untrusted, logical, shifts = ledger.transact(fn, [session], what="the import")
     failpoints.hit("import.after_commit")
     report.events = plan.events
     report.artifacts = len(plan.artifacts)

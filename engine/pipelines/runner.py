@@ -34,9 +34,10 @@ from engine.errors import (
     InvalidArgumentError,
     MaterializerError,
     PipelineError,
-    StoreError,
     UnhashableParameterError,
 )
+from engine.ledger.artifacts import Prepared, commit_artifacts, prepare
+from engine.ledger.core import retry_on_concurrent_gc
 from engine.pipelines.cache import lookup_in
 from engine.pipelines.cache_key import KeyComponents
 from engine.pipelines.definition import Dag, Invocation, OutputHandle, Pipeline
@@ -45,7 +46,7 @@ from engine.query.models import ArtifactVersion
 
 if TYPE_CHECKING:
     from engine.query.models import Run
-    from engine.store import Prepared, Store
+    from engine.store import Store
 
 AUTO_MATERIALIZER = "auto"
 """The key's materializer identity of an output whose type is only known at run time."""
@@ -124,7 +125,7 @@ def plan(dag: Dag, enable_cache: bool | None) -> list[_Plan]:
 
 
 def _display(value: Any) -> Any:
-    from engine.store import plain
+    from engine.ledger.artifacts import plain
 
     try:
         return plain(value, where="parameter")
@@ -281,7 +282,7 @@ class _Runner:
     def call(self, inv: Invocation, inputs: dict[str, dict[str, Any]]) -> Any:
         st = inv.step
         arguments: dict[str, Any] = {}
-        loaded = {n: ArtifactVersion(self.store, a).load() for n, a in inputs.items()}
+        loaded = {n: ArtifactVersion(self.store.catalog, a).load() for n, a in inputs.items()}
         extra: dict[str, Any] = {}
         for pname, param in st.signature.parameters.items():
             if pname in loaded:
@@ -312,13 +313,15 @@ class _Runner:
             values = tuple(result)
         else:
             values = (result,)
-        store = self.store
-        for attempt in range(2):
+        ledger = self.store.ledger
+
+        def write() -> list[dict[str, Any]]:
             prepared: list[Prepared] = []
             try:
                 for name, value in zip(names, values, strict=True):
                     prepared.append(
-                        store.prepare(
+                        prepare(
+                            ledger,
                             value,
                             p.artifact_names[name],
                             materializer=p.materializers[name],
@@ -344,14 +347,13 @@ class _Runner:
                     )
                 ]
 
-            try:
-                arts = store.commit_artifacts(prepared, extra=extra)
-            except StoreError as e:
-                if attempt or "concurrent gc" not in str(e):
-                    raise
-                continue
-            return {n: a.record() for n, a in zip(names, arts, strict=True)}
-        raise AssertionError("unreachable")
+            return commit_artifacts(ledger, prepared, extra=extra)
+
+        datas = retry_on_concurrent_gc(write)
+        return {
+            n: self.store.get_artifact_by_id(d["id"]).record()
+            for n, d in zip(names, datas, strict=True)
+        }
 
 
 def run_pipeline(

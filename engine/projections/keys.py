@@ -11,6 +11,8 @@ import struct
 
 import msgpack
 
+from engine.errors import InvalidArgumentError
+
 Q = struct.Struct(">Q")
 
 # Integer versions: int64, with room for the next one in ``name_meta``.
@@ -117,3 +119,21 @@ def run_step_key(run_id: str, seq: int) -> bytes:
 
 def run_step_prefix(run_id: str) -> bytes:
     return run_id.encode() + b"\x00"
+
+
+def normalise_version(version: int | str | None) -> int | str | None:
+    """Versions are ints or labels; a label of digits means that integer."""
+    if isinstance(version, str) and version.isdigit():
+        version = int(version)
+    if version is None or (isinstance(version, str) and version):
+        return version
+    if isinstance(version, int) and not isinstance(version, bool):
+        if not MIN_VERSION <= version <= MAX_VERSION:
+            raise InvalidArgumentError(
+                f"version {version} is out of range: integer versions lie between "
+                f"{MIN_VERSION} and {MAX_VERSION}; use a smaller number or a string label"
+            )
+        return version
+    raise InvalidArgumentError(
+        f"invalid version {version!r}: use an int, a non-empty string, or None for the latest"
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,11 @@ from engine.errors import (
     UntrustedArtifactError,
 )
 from engine.projections.fold import counter
-from engine.projections.keys import MAX_VERSION, MIN_VERSION, consumer_key, version_key
+from engine.projections.keys import (
+    consumer_key,
+    normalise_version,
+    version_key,
+)
 from engine.projections.records import DECODE_ERRORS, HINT, damage_boundary, damaged, record
 from engine.projections.runs import run_step_ids
 from engine.query.models import ArtifactVersion, Run, StepRun
@@ -37,32 +41,27 @@ if TYPE_CHECKING:
     from engine.query.lineage import LineageGraph
 
 
-def normalise_version(version: int | str | None) -> int | str | None:
-    """Versions are ints or labels; a label of digits means that integer."""
-    if isinstance(version, str) and version.isdigit():
-        version = int(version)
-    if version is None or (isinstance(version, str) and version):
-        return version
-    if isinstance(version, int) and not isinstance(version, bool):
-        if not MIN_VERSION <= version <= MAX_VERSION:
-            raise InvalidArgumentError(
-                f"version {version} is out of range: integer versions lie between "
-                f"{MIN_VERSION} and {MAX_VERSION}; use a smaller number or a string label"
-            )
-        return version
-    raise InvalidArgumentError(
-        f"invalid version {version!r}: use an int, a non-empty string, or None for the latest"
-    )
-
-
 class Catalog:
-    """Queries over projections (runs, artifacts, lineage, cache) and artifact loads."""
+    """Queries over projections (runs, artifacts, lineage, cache) and artifact loads.
 
-    kv: KV
-    chunks: ChunkStore
-    log: EventLog
-    _secret: bytes
-    _secret_problem: str | None = None
+    Composed by ``Store`` over the live ledger and by ``HistoricalView`` over
+    a private fold; it reads, never writes."""
+
+    def __init__(
+        self,
+        kv: KV,
+        chunks: ChunkStore,
+        *,
+        secret: bytes,
+        secret_problem: str | None = None,
+        check_open: Callable[[], None] | None = None,
+    ) -> None:
+        self.kv = kv
+        self.chunks = chunks
+        self.log = EventLog()
+        self._secret = secret
+        self._secret_problem = secret_problem
+        self._check_open = check_open or _always_open
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Txn]:
@@ -77,9 +76,6 @@ class Catalog:
             raise damaged(f"the ledger at {getattr(self.kv, 'path', 'memory')}", e) from e
         finally:
             self.kv.end_read(txn)
-
-    def _check_open(self) -> None:
-        """Raise when the store has been closed (``Store`` overrides)."""
 
     # -- log -------------------------------------------------------------------
     @property
@@ -388,3 +384,7 @@ def _run_record(txn: Txn, raw: bytes) -> dict[str, Any]:
 def _stored_bytes(txn: Txn) -> int:
     raw = txn.get("meta", b"stored_bytes")
     return 0 if raw is None else int.from_bytes(raw, "big")
+
+
+def _always_open() -> None:
+    """A catalog with no owner to close it."""

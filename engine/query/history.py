@@ -17,7 +17,7 @@ from engine.errors import InvalidArgumentError
 from engine.projections import fold
 from engine.query.catalog import Catalog
 from engine.storage.kv import MemoryKV
-from engine.storage.log import Event, EventLog, seq_key
+from engine.storage.log import Event, seq_key
 
 if TYPE_CHECKING:
     from engine.store import Store
@@ -42,13 +42,14 @@ class HistoricalView(Catalog):
     """A read-only catalog of the store as of event ``seq``."""
 
     def __init__(self, store: Store, seq: int, kv: MemoryKV) -> None:
+        super().__init__(
+            kv,
+            store.chunks,
+            secret=store._secret,
+            secret_problem=store._secret_problem,
+        )
         self.store = store
         self.seq = seq
-        self.kv = kv
-        self.chunks = store.chunks
-        self.log = EventLog()
-        self._secret = store._secret
-        self._secret_problem = store._secret_problem
 
     @classmethod
     def build(cls, store: Store, when: Any) -> HistoricalView:

@@ -29,7 +29,7 @@ import zstandard
 
 from engine.errors import IntegrityError
 from engine.projections.records import DECODE_ERRORS
-from engine.storage.blobs import BlobStore
+from engine.storage.blobs import BlobStore, Location
 from engine.storage.kv import KV
 
 CODEC_RAW = 0
@@ -103,12 +103,12 @@ class ChunkRecord:
 
     codec: int
     raw_len: int
-    loc: list[Any] | None
+    loc: Location | None
     inline: bytes | None = None
 
     @property
     def stored_len(self) -> int:
-        return len(self.inline) if self.inline is not None else int(self.loc[2])  # type: ignore[index]
+        return len(self.inline) if self.inline is not None else self.loc.length  # type: ignore[union-attr]
 
     def pack(self) -> bytes:
         return msgpack.packb([self.codec, self.raw_len, self.loc, self.inline], use_bin_type=True)  # type: ignore[no-any-return]
@@ -121,7 +121,7 @@ class ChunkRecord:
             raise IntegrityError(
                 f"a chunk index record is damaged ({type(e).__name__}: {e}); run `artledger verify`"
             ) from e
-        return cls(codec, raw_len, loc, inline)
+        return cls(codec, raw_len, None if loc is None else Location.from_record(loc), inline)
 
 
 class ChunkStore:
@@ -233,7 +233,7 @@ class WriteSession:
         self.store = store
         self.new: dict[bytes, ChunkRecord] = {}
         self.referenced: set[bytes] = set()
-        self.held: list[Any] = []  # blob locations put, until released
+        self.held: list[Location] = []  # blob locations put, until released
         self._lock = threading.Lock()
 
     def _known(self, digest: bytes) -> bool:
@@ -266,7 +266,7 @@ class WriteSession:
             self.new[digest] = rec
         return digest
 
-    def relocate(self, digest: bytes, rec: ChunkRecord, payload: bytes) -> list[Any]:
+    def relocate(self, digest: bytes, rec: ChunkRecord, payload: bytes) -> Location:
         """Put a copy of an indexed chunk's payload (gc compaction); its new location."""
         loc = self.store.blobs.put(digest, rec.codec, rec.raw_len, payload)
         with self._lock:

@@ -1,8 +1,4 @@
-"""Where chunk payloads live: the ``BlobStore`` seam and its backends.
-
-A backend only stores opaque payloads and hands back a *location* (a small
-msgpack-able list). The chunk index in the ledger maps digests to locations;
-hashing, compression and verification live in ``engine.storage.chunks``.
+"""Chunk payloads in pack segment files: the on-disk ``BlobStore``.
 
 ``PackBlobStore`` appends payloads to pack segment files, one active segment
 per writer, each record framed by a 32-byte header (magic, digest, codec,
@@ -19,85 +15,21 @@ import errno
 import fcntl
 import os
 import secrets
+import shutil
 import struct
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from engine import failpoints
 from engine.errors import IntegrityError, StoreError
-
-Location = list[Any]
+from engine.storage.blobs.base import BlobStore, ContainerCheck, ContainerState, Location
 
 HEADER = struct.Struct(">4s16sB3xII")  # magic, digest, codec, payload length, raw length
 MAGIC = b"ALC1"
 SEGMENT_LIMIT = 1 << 30
-
-
-class BlobStore(ABC):
-    """Opaque payload storage. ``put`` is not durable until ``flush``."""
-
-    supports_deletes: bool = False
-    supports_compaction: bool = False
-
-    @abstractmethod
-    def put(self, digest: bytes, codec: int, raw_len: int, payload: Any) -> Location:
-        """Store ``payload`` (bytes-like); its location."""
-
-    @abstractmethod
-    def get(self, loc: Location) -> bytes:
-        """The payload at ``loc``; ``IntegrityError`` when it is gone or short."""
-
-    @abstractmethod
-    def flush(self, held: Iterable[Location]) -> dict[str, int]:
-        """Make every ``put`` so far durable. Returns the state the commit that
-        references ``held`` (locations ``put`` returned) must record in the
-        same transaction: for packs, the committed end of each segment."""
-
-    def readinto(self, loc: Location, buf: memoryview) -> None:
-        """Copy the payload at ``loc`` into ``buf`` (exactly its length)."""
-        buf[:] = self.get(loc)
-
-    def release(self, held: Iterable[Location]) -> None:  # noqa: B027 - optional hook
-        """The commit that referenced ``held`` has returned (committed or not),
-        or its writes were abandoned: the backend may now let other processes
-        truncate or collect what it kept for them. Every location ``put``
-        returns must be released exactly once."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release files."""
-
-
-class MemoryBlobStore(BlobStore):
-    """Payloads in a dict: the in-memory twin of :class:`PackBlobStore`."""
-
-    supports_deletes = True
-
-    def __init__(self) -> None:
-        self.blobs: dict[int, bytes] = {}
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def put(self, digest: bytes, codec: int, raw_len: int, payload: Any) -> Location:
-        with self._lock:
-            self._next += 1
-            self.blobs[self._next] = bytes(payload)
-            return ["mem", self._next, len(payload)]
-
-    def get(self, loc: Location) -> bytes:
-        try:
-            return self.blobs[loc[1]]
-        except KeyError:
-            raise IntegrityError(f"chunk payload at {loc} is missing") from None
-
-    def flush(self, held: Iterable[Location]) -> dict[str, int]:
-        return {}
-
-    def delete(self, loc: Location) -> None:
-        self.blobs.pop(loc[1], None)
 
 
 class _Segment:
@@ -113,7 +45,7 @@ class _Segment:
 class PackBlobStore(BlobStore):
     """Chunk payloads appended to pack segment files under ``<store>/packs``."""
 
-    supports_deletes = True
+    persistent = True
     supports_compaction = True
 
     def __init__(self, root: Path) -> None:
@@ -192,7 +124,7 @@ class PackBlobStore(BlobStore):
             seg.dirty = True
             seg.pins += 1
             failpoints.hit("blob.after_write")
-            return [seg.name, offset, n]
+            return Location(seg.name, offset, n)
 
     def _sync(self, seg: _Segment) -> None:
         if seg.dirty:
@@ -220,7 +152,7 @@ class PackBlobStore(BlobStore):
     def release(self, held: Iterable[Location]) -> None:
         counts: dict[str, int] = {}
         for loc in held:
-            counts[loc[0]] = counts.get(loc[0], 0) + 1
+            counts[loc.container] = counts.get(loc.container, 0) + 1
         with self._lock:
             for name, n in counts.items():
                 seg = self._retired.get(name)
@@ -230,8 +162,8 @@ class PackBlobStore(BlobStore):
                     seg.pins -= n
                     self._close_if_done(seg)
 
-    def flush(self, held: Iterable[Location]) -> dict[str, int]:
-        ends: dict[str, int] = {}
+    def flush(self, held: Iterable[Location]) -> ContainerState:
+        ends: ContainerState = {}
         for name, offset, n in held:
             ends[name] = max(ends.get(name, 0), offset + n)
         with self._lock:
@@ -249,7 +181,7 @@ class PackBlobStore(BlobStore):
                         os.close(dfd)
             return ends
 
-    def rotate(self) -> None:
+    def seal(self) -> None:
         """Close the active segment (its end is committed); the next put starts a new one."""
         with self._lock:
             seg = self._active
@@ -300,6 +232,58 @@ class PackBlobStore(BlobStore):
             raise IntegrityError(f"pack segment {name}.pack: header at {offset} is cut off")
         magic, digest, codec, n, raw_len = HEADER.unpack(raw)
         return magic, digest, codec, n, raw_len
+
+    def check(self, loc: Location, digest: bytes, codec: int, raw_len: int) -> str | None:
+        magic, hdigest, hcodec, plen, rlen = self.read_header(loc.container, loc.offset)
+        if (magic, hdigest, hcodec, plen, rlen) != (MAGIC, digest, codec, loc.length, raw_len):
+            return (
+                f"pack segment {loc.container}.pack: header of chunk {digest.hex()} "
+                f"at offset {loc.offset} does not match the index"
+            )
+        return None
+
+    def check_containers(
+        self, state: Mapping[str, int], referenced: Callable[[str], bool]
+    ) -> ContainerCheck:
+        """Pack files against the segment table: missing, truncated, a tail
+        past the committed end, and orphans (unknown to the ledger)."""
+        out = ContainerCheck(checked=len(state))
+        for name, end in state.items():
+            size = self.segment_size(name)
+            if size < 0:
+                if referenced(name):
+                    out.problems.append(f"pack segment {name}.pack is missing")
+            elif size < end:
+                out.problems.append(
+                    f"pack segment {name}.pack is truncated: {size} bytes, {end} committed"
+                )
+            elif size > end:
+                out.notes.append(
+                    f"pack segment {name}.pack has {size - end} bytes past its committed "
+                    "end (an unfinished write; `verify --fix` truncates it)"
+                )
+        for name in self.orphans(state):
+            size = self.segment_size(name)
+            out.notes.append(
+                f"pack segment {name}.pack ({size} bytes) is unknown to the ledger: left by "
+                "a writer that stopped before its first commit; nothing references it "
+                "(`artledger gc` deletes it)"
+            )
+        return out
+
+    def containers(self) -> list[str]:
+        return self.segment_names()
+
+    def delete_container(self, name: str) -> None:
+        self.delete_segment(name)
+
+    def free_space(self) -> tuple[str, int]:
+        return str(self.root), shutil.disk_usage(self.root).free
+
+    def cleanup(self, older_than: float) -> None:
+        for path in self.stale_new_files(older_than):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def segment_names(self) -> list[str]:
         return sorted(p.stem for p in self.root.glob("*.pack"))
