@@ -19,24 +19,6 @@ VISUALIZATION_KINDS = frozenset({"html", "markdown", "csv", "json", "image"})
 """The kinds a ``save_visualizations`` result may name."""
 
 
-def check_name(name: str) -> str:
-    """Return ``name`` if it is a valid relative POSIX file name, else raise
-    :class:`MaterializerError`."""
-    if not isinstance(name, str) or not name:
-        raise MaterializerError(f"File name {name!r} is empty or not a string.")
-    if name.startswith("/") or "\\" in name or "\x00" in name:
-        raise MaterializerError(
-            f"File name {name!r} must be a relative POSIX path such as 'model/weights.bin' "
-            "(no leading '/', no backslashes)."
-        )
-    if any(part in ("", ".", "..") for part in name.split("/")):
-        raise MaterializerError(
-            f"File name {name!r} has an empty, '.' or '..' part; files stay inside their "
-            "artifact, e.g. 'model/weights.bin'."
-        )
-    return name
-
-
 class BaseMaterializer:
     """Saves and loads objects of its ``ASSOCIATED_TYPES`` as artifact files.
 
@@ -84,6 +66,10 @@ class BaseMaterializer:
         Modes: "r", "w" (UTF-8 text; "\\n" is written as is, reading accepts
         any newline) and "rb", "wb". ``name`` is relative and may contain "/".
         """
+        # The engine's file-handle module loads the chunk machinery: import it only
+        # once a file is opened, so ``import materializers`` stays cheap.
+        from engine.storage.files import check_name
+
         check_name(name)
         if mode in ("rb", "wb"):
             return self.files.open_read(name) if mode == "rb" else self.files.open_write(name)

@@ -56,6 +56,10 @@ if TYPE_CHECKING:
 M = TypeVar("M", bound="type[BaseMaterializer]")
 
 _BUILTIN_PACKAGE = "materializers"
+# This module sits below the materializer classes: it names the two it needs and
+# imports them when first used, so none of them is imported back from here.
+_BASE = "materializers.base:BaseMaterializer"
+_FALLBACK = "materializers.cloudpickle_materializer:CloudpickleMaterializer"
 
 # exact data type -> the materializer registered for it
 _by_type: dict[type, type[BaseMaterializer]] = {}
@@ -93,6 +97,13 @@ def topic_of(data_type: type) -> str:
     topic = identity(data_type)
     _seen_types[topic] = data_type
     return topic
+
+
+def _builtin(name: str) -> type[BaseMaterializer]:
+    """The class ``name`` ("module:QualName") of this package, imported on first use."""
+    module, _, qualname = name.partition(":")
+    cls: type[BaseMaterializer] = getattr(importlib.import_module(module), qualname)
+    return cls
 
 
 def _is_builtin(cls: type) -> bool:
@@ -136,9 +147,7 @@ def register(cls: M | None = None, *, aliases: Sequence[str] = ()) -> M | Callab
     """
 
     def apply(target: M) -> M:
-        from materializers.base import BaseMaterializer
-
-        if not (isinstance(target, type) and issubclass(target, BaseMaterializer)):
+        if not (isinstance(target, type) and issubclass(target, _builtin(_BASE))):
             raise MaterializerError(
                 f"register() takes a BaseMaterializer subclass, got {target!r}. "
                 "Subclass materializers.BaseMaterializer and set ASSOCIATED_TYPES."
@@ -182,8 +191,6 @@ def materializer_for(data_type: type) -> type[BaseMaterializer]:
         cls = _by_type.get(klass)
         if cls is not None and cls.can_handle_type(data_type):
             return cls
-    from materializers.cloudpickle_materializer import CloudpickleMaterializer
-
     name = data_type.__qualname__
     warnings.warn(
         f"No materializer for type `{name}` ({identity(data_type)}); saving it with "
@@ -193,7 +200,7 @@ def materializer_for(data_type: type) -> type[BaseMaterializer]:
         UserWarning,
         stacklevel=2,
     )
-    return CloudpickleMaterializer
+    return _builtin(_FALLBACK)
 
 
 def registered() -> dict[type, type[BaseMaterializer]]:
@@ -332,10 +339,8 @@ def resolve(materializer_identity: str) -> type[BaseMaterializer]:
     """The materializer class named ``materializer_identity`` ("module:QualName"),
     importing its module and following aliases. Raises :class:`MaterializerError`
     naming the identity and the fix when it cannot."""
-    from materializers.base import BaseMaterializer
-
     cls: type = _import(materializer_identity, "materializer")
-    if not issubclass(cls, BaseMaterializer):
+    if not issubclass(cls, _builtin(_BASE)):
         raise MaterializerError(
             f"`{materializer_identity}` is not a BaseMaterializer subclass; "
             "pass the identity of a materializer class."

@@ -18,7 +18,7 @@ from typing import IO, Any, Protocol
 
 import pytest
 
-from materializers.base import check_name
+from engine.storage.files import check_name
 from materializers.files import ArtifactFiles
 
 TEST_KEY = b"artledger-test-secret"

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 
 from engine.errors import InvalidArgumentError, UnhashableParameterError
 from engine.pipelines.cache_key import CACHE_FORMAT_VERSION, KeyComponents, explain_difference
-from engine.pipelines.fingerprint import canonical, code_fingerprint, digest
+from engine.pipelines.canonical import canonical, digest
+from engine.pipelines.fingerprint import code_fingerprint
 
 LoadModule = Callable[..., types.ModuleType]
 
@@ -351,7 +352,7 @@ def test_engine_code_is_not_user_code(load_module: LoadModule) -> None:
     module = load_module(
         """
         import engine.pipelines.fingerprint
-        from engine.pipelines.fingerprint import canonical
+        from engine.pipelines.canonical import canonical
 
         def train(x):
             return engine.pipelines.fingerprint.digest(canonical(x))

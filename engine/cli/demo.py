@@ -11,13 +11,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 
+from engine.cli.render import fmt_size, fmt_status, lineage_tree
 from engine.pipelines.definition import pipeline, step
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.tree import Tree
 
-    from engine.query.lineage import LineageGraph
     from engine.query.models import Run
     from engine.store import Store
 
@@ -64,15 +63,6 @@ def demo_pipeline(method: str = "zscore", l2: float = 0.1) -> None:
     evaluate(model, data)
 
 
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
 def _run_table(store: Store, run: Run, title: str) -> Any:
     from rich.table import Table
 
@@ -81,44 +71,14 @@ def _run_table(store: Store, run: Run, title: str) -> Any:
     table.add_column("status")
     table.add_column("why")
     table.add_column("output")
-    styles = {"completed": "green", "cached": "cyan", "failed": "red", "skipped": "yellow"}
     for inv, sr in run.steps.items():
         if sr.status == "cached":
             why = f"cache hit (reuses step run {sr.source})"
         else:
             why = "; ".join(store.explain(sr)) or ""
         outs = ", ".join(f"{a.name}:{a.version}" for a in sr.outputs.values())
-        table.add_row(inv, f"[{styles.get(sr.status, '')}]{sr.status}[/]", why, outs)
+        table.add_row(inv, fmt_status(sr.status), why, outs)
     return table
-
-
-def _lineage_tree(graph: LineageGraph) -> Tree:
-    """The upstream graph as a tree: each node lists what it came from."""
-    from rich.tree import Tree
-
-    sources: dict[str, list[str]] = {}
-    for src, dst in graph.edges:
-        sources.setdefault(dst, []).append(src)
-
-    def label(nid: str) -> str:
-        n = graph.nodes[nid]
-        if n["kind"] == "artifact":
-            return f"[bold]{n['name']}[/]:{n['version']}"
-        return f"[italic]step {n['name']}[/] ({n['status']}, run {n['run'][:8]})"
-
-    root = Tree(label(graph.root))
-    shown = {graph.root}
-
-    def grow(tree: Tree, nid: str) -> None:
-        for src in sources.get(nid, []):
-            if src in shown:
-                tree.add(label(src) + " [dim](shown above)[/]")
-                continue
-            shown.add(src)
-            grow(tree.add(label(src)), src)
-
-    grow(root, graph.root)
-    return root
 
 
 def run_demo(store: Store, console: Console) -> None:
@@ -140,18 +100,18 @@ def run_demo(store: Store, console: Console) -> None:
     for art in store.list_artifacts():
         if art.name in names:
             table.add_row(
-                art.name, str(art.version), art.data_type, _size(art.size), art.content_hash[:16]
+                art.name, str(art.version), art.data_type, fmt_size(art.size), art.content_hash[:16]
             )
     console.print(table)
     st = store.stats()
     saved = st["logical_bytes"] - st["stored_bytes"]
     console.print(
         f"store: {st['runs']} runs, {st['artifacts']} artifact versions, {st['chunks']} chunks, "
-        f"{st['events']} events; logical {_size(st['logical_bytes'])}, stored "
-        f"{_size(st['stored_bytes'])}"
-        + (f" ({_size(saved)} saved by dedup and compression)" if saved > 0 else "")
+        f"{st['events']} events; logical {fmt_size(st['logical_bytes'])}, stored "
+        f"{fmt_size(st['stored_bytes'])}"
+        + (f" ({fmt_size(saved)} saved by dedup and compression)" if saved > 0 else "")
     )
 
     final = second.steps["evaluate"].output
     console.print(f"\nlineage of {final.name}:{final.version} (upstream):")
-    console.print(_lineage_tree(store.lineage(final, direction="upstream")))
+    console.print(lineage_tree(store.lineage(final, direction="upstream"), down=False))

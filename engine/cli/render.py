@@ -37,11 +37,6 @@ def stderr() -> Console:
     return Console(file=sys.stderr, highlight=False)
 
 
-def say(msg: str) -> None:
-    """Chatter: stderr."""
-    stderr().print(msg)
-
-
 def plain(obj: Any) -> Any:
     """JSON-able: bytes as hex, datetimes as ISO strings."""
     if isinstance(obj, dict):

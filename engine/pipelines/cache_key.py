@@ -14,16 +14,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.errors import InvalidArgumentError
-from engine.pipelines.fingerprint import (
-    _CELL_PREFIX,
-    _INT_MAX,
-    _INT_MIN,
-    _pack,
-    _short_repr,
-    canonical,
-    code_fingerprint,
-    digest,
-)
+from engine.pipelines.canonical import INT_MAX, INT_MIN, canonical, digest, pack, short_repr
+from engine.pipelines.fingerprint import CELL_PREFIX, code_fingerprint
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -33,6 +25,7 @@ __all__ = [
 ]
 
 CACHE_FORMAT_VERSION = 1
+"""Bump when anything that feeds a cache key changes meaning; old keys then miss."""
 _RECORD_VERSION = 1
 _VALUE_DISPLAY_LIMIT = 256  # packed bytes above which parameter_values keeps a short repr
 
@@ -51,7 +44,7 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
     if value is None or t in (bool, float, str, bytes):
         return True
     if t is int:
-        return bool(_INT_MIN <= value <= _INT_MAX)
+        return bool(INT_MIN <= value <= INT_MAX)
     if depth > 8:
         return False
     if t is list:
@@ -62,9 +55,9 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
 
 
 def _display_value(value: Any) -> Any:
-    if _is_plain(value) and len(_pack(value)) <= _VALUE_DISPLAY_LIMIT:
+    if _is_plain(value) and len(pack(value)) <= _VALUE_DISPLAY_LIMIT:
         return value
-    return ParameterRepr(_short_repr(value))
+    return ParameterRepr(short_repr(value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +171,7 @@ def _field(record: Mapping[str, Any], name: str, kind: type) -> Any:
     value = record.get(name)
     if not isinstance(value, kind):
         raise InvalidArgumentError(
-            f"cache key record field `{name}` must be a {kind.__name__}, got {_short_repr(value)}"
+            f"cache key record field `{name}` must be a {kind.__name__}, got {short_repr(value)}"
         )
     return value
 
@@ -194,7 +187,7 @@ def _str_map(record: Mapping[str, Any], name: str) -> dict[str, str]:
 
 
 def _show(value: Any) -> str:
-    return _short_repr(value)
+    return short_repr(value)
 
 
 def _code_label(key: str) -> str:
@@ -246,7 +239,7 @@ def _code_reasons(old: KeyComponents, new: KeyComponents, step_name: str) -> lis
     for label, before, after in data:
         if before == after:
             continue
-        if (after or before or "").startswith(_CELL_PREFIX):
+        if (after or before or "").startswith(CELL_PREFIX):
             owner, _, var = label.rpartition(".")
             reasons.append(f"closure variable {var} of {owner}() {_change(before, after)}")
         else:

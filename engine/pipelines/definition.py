@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import threading
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
 
 from engine.errors import InvalidArgumentError, PipelineError
@@ -456,8 +456,3 @@ def pipeline(
         return Pipeline(f, enable_cache=enable_cache, name=name)
 
     return deco if func is None else deco(func)
-
-
-def iter_invocations(dag: Dag) -> Iterator[Invocation]:
-    """Invocations in execution (topological) order."""
-    return iter(dag.invocations.values())

@@ -1,6 +1,7 @@
-"""Cache-key ingredients: canonical parameter encoding and code fingerprints.
+"""Code fingerprints: what a step's code contributes to its cache key.
 
-``engine.pipelines.cache_key`` assembles them into a step's cache key. Everything here is
+``engine.pipelines.cache_key`` combines them with the canonical parameter bytes
+(:mod:`engine.pipelines.canonical`) into a step's cache key. Everything here is
 deterministic across processes and machines running the same Python minor
 version.
 
@@ -11,23 +12,20 @@ constants it reads. Code in the standard library, in site-/dist-packages and in
 artledger's own packages is not first-party: upgrading numpy does not
 invalidate a cache.
 
-This module imports no other engine module except :mod:`engine.errors`, and
-imports numpy only when it meets a numpy value.
+This module imports no other engine module except :mod:`engine.errors` and
+:mod:`engine.pipelines.canonical`; it never imports numpy.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import datetime as dt
 import enum
 import functools
 import inspect
-import math
 import os
 import pathlib
 import site
-import struct
 import sys
 import sysconfig
 import types
@@ -36,288 +34,21 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import msgpack
-import xxhash
+from engine.errors import InvalidArgumentError
+from engine.pipelines.canonical import (
+    canonical,
+    canonical_or_none,
+    class_identity,
+    digest,
+    short_repr,
+    type_name,
+)
 
-from engine.errors import InvalidArgumentError, UnhashableParameterError
-
-__all__ = ["CodeFingerprint", "canonical", "code_fingerprint", "digest"]
-
-"""Bump when anything that feeds a cache key changes meaning; old keys then miss."""
+__all__ = ["CELL_PREFIX", "CONST_PREFIX", "CodeFingerprint", "code_fingerprint"]
 
 _ENGINE_PACKAGES = frozenset({"engine", "materializers"})
-_ARRAY_INLINE_LIMIT = 1 << 16  # larger arrays enter the encoding as their xxh3-128 digest
-_CONST_PREFIX = "const:"  # recipe values of module constants
-_CELL_PREFIX = "cell:"  # recipe values of closure variables
-
-
-# --------------------------------------------------------------------------- digests
-
-
-def digest(*parts: bytes) -> str:
-    """xxh3-128 hex digest of ``parts``, each length-prefixed so no two splits collide."""
-    h = xxhash.xxh3_128()
-    for part in parts:
-        if not isinstance(part, bytes | bytearray | memoryview):
-            raise InvalidArgumentError(
-                f"digest() takes bytes, got `{type(part).__qualname__}`; encode it first, "
-                "for example with canonical()"
-            )
-        h.update(len(part).to_bytes(8, "little"))
-        h.update(part)
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------- canonical
-
-
-# msgpack ext codes of the canonical encoding; never renumber (it would change every key).
-_BIGINT, _LIST, _TUPLE, _DICT, _SET, _FROZENSET = 1, 2, 3, 4, 5, 6
-_DATETIME, _DATE, _TIME, _TIMEDELTA, _ENUM, _PATH = 7, 8, 9, 10, 11, 12
-_DATACLASS, _NAMEDTUPLE, _NP_SCALAR, _NP_ARRAY, _NP_ARRAY_DIGEST, _COMPLEX = 13, 14, 15, 16, 17, 18
-_NP_DTYPE = 19
-
-_NAN = b"\xcb" + struct.pack(">d", math.nan)  # one NaN bit pattern for every NaN
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
-
-
-def _pack(value: Any) -> bytes:
-    out: bytes = msgpack.packb(value, use_bin_type=True)
-    return out
-
-
-def _ext(code: int, payload: bytes) -> bytes:
-    return _pack(msgpack.ExtType(code, payload))
-
-
-def _identity(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _type_name(cls: type) -> str:
-    return (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
-
-
-def _short_repr(value: Any, limit: int = 60) -> str:
-    try:
-        text = repr(value)
-    except Exception:  # a broken __repr__ must not hide the real problem
-        text = f"<{_type_name(type(value))} object>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class _UnencodableError(Exception):
-    """Raised inside the encoder; segments collect the path on the way out."""
-
-    def __init__(self, value: Any, reason: str | None = None) -> None:
-        super().__init__()
-        self.value_type = type(value)
-        self.reason = reason
-        self.segments: list[str] = []
-
-
-def _simple_key(key: Any) -> str:
-    if type(key) in (str, int, float, bool, bytes) or key is None:
-        return f"[{key!r}]"
-    return f"[{_short_repr(key, 40)}]"
-
-
-class _Encoder:
-    """Turns one value into canonical bytes; every output is one msgpack object."""
-
-    def __init__(self) -> None:
-        self._active: set[int] = set()  # containers being encoded: a cycle is an error
-
-    def encode(self, v: Any) -> bytes:
-        t = type(v)
-        if v is None or t is bool or t is str or t is bytes:
-            return _pack(v)
-        if t is int:
-            return self._int(v)
-        if t is float:
-            return _NAN if v != v else _pack(v)
-        if t is list:
-            return self._seq(_LIST, v)
-        if t is tuple:
-            return self._seq(_TUPLE, v)
-        if t is dict:
-            return self._dict(v)
-        if t is set:
-            return self._set(_SET, v)
-        if t is frozenset:
-            return self._set(_FROZENSET, v)
-        return self._other(v, t)
-
-    def _int(self, v: int) -> bytes:
-        if _INT_MIN <= v <= _INT_MAX:
-            return _pack(v)
-        return _ext(_BIGINT, v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True))
-
-    def _enter(self, v: Any) -> None:
-        if id(v) in self._active:
-            raise _UnencodableError(v, "it contains itself")
-        self._active.add(id(v))
-
-    def _seq(self, code: int, items: Iterable[Any], prefix: bytes = b"") -> bytes:
-        self._enter(items)
-        parts = [prefix]
-        try:
-            for i, item in enumerate(items):
-                try:
-                    parts.append(self.encode(item))
-                except _UnencodableError as e:
-                    e.segments.append(f"[{i}]")
-                    raise
-        finally:
-            self._active.discard(id(items))
-        return _ext(code, b"".join(parts))
-
-    def _dict(self, d: Mapping[Any, Any], code: int = _DICT) -> bytes:
-        self._enter(d)
-        pairs: list[tuple[bytes, bytes]] = []
-        try:
-            for k, val in d.items():
-                try:
-                    ke = self.encode(k)
-                except _UnencodableError as e:
-                    e.segments.append(".keys()")
-                    raise
-                try:
-                    pairs.append((ke, self.encode(val)))
-                except _UnencodableError as e:
-                    e.segments.append(_simple_key(k))
-                    raise
-        finally:
-            self._active.discard(id(d))
-        pairs.sort()
-        return _ext(code, b"".join(k + v for k, v in pairs))
-
-    def _set(self, code: int, items: Iterable[Any]) -> bytes:
-        self._enter(items)
-        try:
-            encoded = sorted(self.encode(x) for x in items)
-        except _UnencodableError as e:
-            e.segments.append("{...}")
-            raise
-        finally:
-            self._active.discard(id(items))
-        return _ext(code, b"".join(encoded))
-
-    def _fields(self, code: int, v: Any, names: Iterable[str]) -> bytes:
-        self._enter(v)
-        parts = [_pack(_identity(type(v)))]
-        try:
-            for name in names:
-                try:
-                    parts.append(_pack(name) + self.encode(getattr(v, name)))
-                except _UnencodableError as e:
-                    e.segments.append(f".{name}")
-                    raise
-        finally:
-            self._active.discard(id(v))
-        return _ext(code, b"".join(parts))
-
-    def _other(self, v: Any, t: type) -> bytes:
-        if isinstance(v, enum.Enum):
-            try:
-                value = self.encode(v.value)
-            except _UnencodableError:
-                value = b""  # the member name identifies it within its class
-            return _ext(_ENUM, _pack(_identity(t)) + _pack(v.name) + value)
-        module = t.__module__
-        if module == "numpy" or module.startswith("numpy."):
-            return self._numpy(v)
-        if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return self._fields(_DATACLASS, v, (f.name for f in dataclasses.fields(v)))
-        if isinstance(v, tuple) and isinstance(getattr(t, "_fields", None), tuple):
-            return self._fields(_NAMEDTUPLE, v, t._fields)  # type: ignore[attr-defined]
-        if isinstance(v, pathlib.PurePath):
-            flavour = "windows" if isinstance(v, pathlib.PureWindowsPath) else "posix"
-            return _ext(_PATH, _pack(flavour) + _pack(str(v)))
-        if isinstance(v, dt.datetime):
-            return _ext(_DATETIME, _pack([v.isoformat(), v.fold]))
-        if isinstance(v, dt.date):
-            return _ext(_DATE, _pack(v.isoformat()))
-        if isinstance(v, dt.time):
-            return _ext(_TIME, _pack([v.isoformat(), v.fold]))
-        if isinstance(v, dt.timedelta):
-            return _ext(_TIMEDELTA, _pack([v.days, v.seconds, v.microseconds]))
-        if isinstance(v, complex):
-            return _ext(_COMPLEX, self.encode(v.real) + self.encode(v.imag))
-        # Subclasses of plain types (OrderedDict, a str subclass, ...) encode as their base.
-        if isinstance(v, str | bytes):
-            return _pack(v)
-        if isinstance(v, int):
-            return self._int(int.__int__(v))
-        if isinstance(v, float):
-            return self.encode(float.__float__(v))
-        if isinstance(v, list):
-            return self._seq(_LIST, v)
-        if isinstance(v, tuple):
-            return self._seq(_TUPLE, v)
-        if isinstance(v, dict):
-            return self._dict(v)
-        if isinstance(v, frozenset):
-            return self._set(_FROZENSET, v)
-        if isinstance(v, set):
-            return self._set(_SET, v)
-        raise _UnencodableError(v)
-
-    def _numpy(self, v: Any) -> bytes:
-        import numpy as np  # only when a numpy value shows up
-
-        if isinstance(v, np.generic):
-            if v.dtype.hasobject:
-                raise _UnencodableError(v, "numpy object scalars have no canonical bytes")
-            return _ext(_NP_SCALAR, self._dtype(v.dtype) + _pack(v.tobytes()))
-        if type(v) is np.ndarray:
-            if v.dtype.hasobject:
-                raise _UnencodableError(v, "object arrays have no canonical bytes; pass a list")
-            data = np.ascontiguousarray(v).tobytes()
-            head = self._dtype(v.dtype) + _pack(list(v.shape))
-            if len(data) <= _ARRAY_INLINE_LIMIT:
-                return _ext(_NP_ARRAY, head + _pack(data))
-            return _ext(_NP_ARRAY_DIGEST, head + _pack(xxhash.xxh3_128_digest(data)))
-        if isinstance(v, np.dtype):
-            return _ext(_NP_DTYPE, self._dtype(v))
-        raise _UnencodableError(v)
-
-    def _dtype(self, dtype: Any) -> bytes:
-        if dtype.fields is None and dtype.subdtype is None:
-            return _pack(dtype.str)
-        from numpy.lib.format import dtype_to_descr
-
-        return self.encode(dtype_to_descr(dtype))
-
-
-def canonical(value: Any, path: str = "value", *, step: str | None = None) -> bytes:
-    """Deterministic, typed msgpack bytes of a step parameter.
-
-    Equal inputs give equal bytes in every process; values of different types
-    (``1``, ``1.0``, ``True``; a list and a tuple) give different bytes; dict
-    and set order does not matter. ``path`` (and ``step``) name the parameter
-    in the :class:`UnhashableParameterError` raised for a value that has no
-    canonical form (a lock, an open file, a model object, ...).
-    """
-    try:
-        return _Encoder().encode(value)
-    except _UnencodableError as e:
-        where = path + "".join(reversed(e.segments))
-        owner = f" of step `{step}`" if step else ""
-        why = f" ({e.reason})" if e.reason else ""
-        raise UnhashableParameterError(
-            f"parameter `{where}`{owner}: value of type `{_type_name(e.value_type)}` cannot be "
-            f"encoded for the cache key{why}; pass a plain value (int, str, dict, ...) "
-            "or set enable_cache=False"
-        ) from None
-    except RecursionError:
-        owner = f" of step `{step}`" if step else ""
-        raise UnhashableParameterError(
-            f"parameter `{path}`{owner} is nested too deeply to be encoded for the cache key; "
-            "flatten it or set enable_cache=False"
-        ) from None
+CONST_PREFIX = "const:"  # recipe values of module constants
+CELL_PREFIX = "cell:"  # recipe values of closure variables
 
 
 # --------------------------------------------------------------------------- first party
@@ -535,10 +266,8 @@ def _code_hash(code: types.CodeType) -> str:
         if isinstance(const, types.CodeType):
             consts.append(b"code:" + _code_hash(const).encode())
         else:
-            try:
-                consts.append(_Encoder().encode(const))
-            except _UnencodableError:
-                consts.append(b"repr:" + repr(const).encode())
+            encoded = canonical_or_none(const)
+            consts.append(b"repr:" + repr(const).encode() if encoded is None else encoded)
     return digest(
         code.co_code,
         canonical([code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars]),
@@ -576,7 +305,7 @@ def _class_info(cls: type) -> _SourceInfo:
             _strip_docstrings(node)
             dump = ast.dump(node, annotate_fields=False, include_attributes=False)
             return dataclasses.replace(_references(node, None), hash=digest(dump.encode()))
-        parts: list[bytes] = [canonical([_identity(b) for b in cls.__bases__])]
+        parts: list[bytes] = [canonical([class_identity(b) for b in cls.__bases__])]
         names: set[str] = {b.__name__ for b in cls.__bases__}
         for attr, value in sorted(vars(cls).items()):
             func = _unwrap(value.fget if isinstance(value, property) else value)
@@ -643,7 +372,7 @@ class _Walker:
         root_key = next(iter(self.recipe))
         while self.queue:
             self.visit(self.queue.popleft(), is_root=False)
-        body = _Encoder().encode([list(e) for e in self.entries])
+        body = canonical([list(e) for e in self.entries])
         return CodeFingerprint(digest(b"code", body), self.recipe, root_key)
 
     def visit(self, obj: Any, is_root: bool) -> None:
@@ -670,14 +399,14 @@ class _Walker:
             if head in closure:
                 value = closure[head]
                 if _is_constant(value):
-                    self.const(f"{obj.__module__}:{obj.__qualname__}.{head}", _CELL_PREFIX, value)
+                    self.const(f"{obj.__module__}:{obj.__qualname__}.{head}", CELL_PREFIX, value)
                     continue
             elif head in imported:
                 value = imported[head]
             elif head in namespace and not head.startswith("__"):
                 value = namespace[head]
                 if _is_constant(value):
-                    self.const(f"{obj.__module__}:{head}", _CONST_PREFIX, value)
+                    self.const(f"{obj.__module__}:{head}", CONST_PREFIX, value)
                     continue
             else:
                 continue
@@ -700,7 +429,7 @@ class _Walker:
                 continue
             member = members[attr]
             if _is_constant(member):
-                self.const(f"{value.__name__}:{attr}", _CONST_PREFIX, member)
+                self.const(f"{value.__name__}:{attr}", CONST_PREFIX, member)
             else:
                 self.follow(member, () if guess else attrs[1:], guess=False)
 
@@ -734,7 +463,7 @@ def code_fingerprint(func: Callable[..., Any] | type) -> CodeFingerprint:
         root = _unwrap(root.func)
     if not isinstance(root, types.FunctionType | type):
         raise InvalidArgumentError(
-            f"cannot fingerprint `{_short_repr(func)}` of type `{_type_name(type(func))}`: "
+            f"cannot fingerprint `{short_repr(func)}` of type `{type_name(type(func))}`: "
             "a step must be a Python function"
         )
     return _Walker().run(root)

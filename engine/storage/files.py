@@ -25,13 +25,24 @@ COPY_BLOCK = 4 << 20
 
 
 def check_name(name: str) -> str:
-    """A safe relative POSIX file name, or ``MaterializerError``."""
-    if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
-        raise MaterializerError(f"invalid artifact file name {name!r}: use a relative POSIX path")
-    if name.startswith("/") or any(part in ("..", ".", "") for part in name.split("/")):
+    """Return ``name`` if it is a safe artifact file name, else raise :class:`MaterializerError`.
+
+    Safe means a non-empty relative POSIX path that stays inside its artifact:
+    no leading '/', no backslash, no NUL, no empty, '.' or '..' part. The one
+    check for materializers (``BaseMaterializer.open``), the engine's file
+    handles and the validation of imported streams.
+    """
+    if not isinstance(name, str) or not name:
+        raise MaterializerError(f"File name {name!r} is empty or not a string.")
+    if name.startswith("/") or "\\" in name or "\x00" in name:
         raise MaterializerError(
-            f"invalid artifact file name {name!r}: names must be relative, "
-            "without '.', '..' or empty parts"
+            f"File name {name!r} must be a relative POSIX path such as 'model/weights.bin' "
+            "(no leading '/', no backslashes, no NUL)."
+        )
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise MaterializerError(
+            f"File name {name!r} has an empty, '.' or '..' part; files stay inside their "
+            "artifact, e.g. 'model/weights.bin'."
         )
     return name
 

@@ -1,0 +1,86 @@
+"""``artledger`` commands that move history between stores: export, import."""
+
+from __future__ import annotations
+
+import argparse
+
+from engine.cli.common import EXIT_OK, add_command, open_store
+from engine.cli.render import fmt_size, print_json, progress, stdout
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with open_store(args) as store, progress("export") as update:
+        report = store.export(args.file, names=args.name or None, progress=update)
+    if args.json:
+        print_json(report.__dict__)
+        return EXIT_OK
+    rate = report.stream_bytes / max(report.seconds, 1e-9) / 2**20
+    stdout().print(
+        f"exported {report.events} events and {report.chunks} chunks "
+        f"({fmt_size(report.chunk_bytes)} of data) to {args.file}: {fmt_size(report.stream_bytes)} "
+        f"in {report.seconds:.2f} s ({rate:.0f} MiB/s)"
+    )
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from engine.store import Store
+
+    with open_store(args, create=True) as store, progress("import") as update:
+        report = Store.import_(
+            args.file, into=store, trust_pickles=args.trust_pickles, progress=update
+        )
+    if args.json:
+        print_json(report.__dict__)
+        return EXIT_OK
+    out = stdout()
+    if report.already_imported:
+        out.print(f"{args.file} is already imported here; nothing to do")
+        return EXIT_OK
+    out.print(
+        f"imported {report.events} events (seq {report.first_seq}..{report.last_seq}): "
+        f"{report.artifacts} artifact versions, {report.runs} runs; "
+        f"{report.chunks_written} new chunks ({fmt_size(report.bytes_written)} stored) "
+        f"in {report.seconds:.2f} s"
+    )
+    for name, shift in sorted(report.renumbered.items()):
+        out.print(f"  versions of {name!r} shifted by {shift} (the store already had some)")
+    if report.untrusted:
+        out.print(
+            f"  {report.untrusted} artifact versions are marked untrusted: their pickles will "
+            "not load (re-import with --trust-pickles if you trust the source)"
+        )
+    if report.resigned:
+        out.print(f"  {report.resigned} pickles signed again with this store's secret")
+    return EXIT_OK
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Declare the transfer commands."""
+    sp = add_command(
+        sub,
+        "export",
+        cmd_export,
+        "write a portable, checksummed stream of events and chunks",
+        json_flag=True,
+    )
+    sp.add_argument("file")
+    sp.add_argument(
+        "--name",
+        action="append",
+        metavar="NAME",
+        help="only this artifact and its lineage (repeatable)",
+    )
+    sp = add_command(
+        sub,
+        "import",
+        cmd_import,
+        "validate a stream completely, then import it all-or-nothing",
+        json_flag=True,
+    )
+    sp.add_argument("file")
+    sp.add_argument(
+        "--trust-pickles",
+        action="store_true",
+        help="sign the stream's pickles with this store's secret",
+    )

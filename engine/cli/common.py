@@ -1,0 +1,82 @@
+"""What every ``artledger`` command shares: exit codes, opening the store, naming an
+artifact version, and declaring a subcommand.
+
+Each ``commands_*`` module exposes ``add_parser(sub)``, which declares its
+subcommands with :func:`add_command`; ``engine.cli.main`` calls them in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.errors import ArtifactNotFoundError, StoreError
+
+if TYPE_CHECKING:
+    from engine.query.catalog import Catalog
+    from engine.query.models import ArtifactVersion
+    from engine.store import Store
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+Command = Callable[[argparse.Namespace], int]
+"""A subcommand's handler: the parsed arguments in, the exit code out."""
+
+
+def add_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    fn: Command,
+    help_: str,
+    *,
+    json_flag: bool = False,
+) -> argparse.ArgumentParser:
+    """Declare subcommand ``name`` run by ``fn``; ``json_flag`` adds ``--json``."""
+    sp = sub.add_parser(name, help=help_, description=help_)
+    sp.set_defaults(func=fn)
+    if json_flag:
+        sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    return sp
+
+
+def store_path(args: argparse.Namespace) -> Path:
+    """``--store``, else the default store path (``$ARTLEDGER_STORE``, ``./.artledger``)."""
+    from engine.store import default_path
+
+    return Path(args.store) if args.store else default_path()
+
+
+def looks_like_store(path: Path) -> bool:
+    """Whether ``path`` holds any part of a store (so opening it creates nothing)."""
+    return any((path / name).exists() for name in ("ledger", "packs", "secret", "identity"))
+
+
+def open_store(args: argparse.Namespace, *, create: bool = False) -> Store:
+    """The store at ``--store``; unless ``create``, refuse a path that holds none."""
+    from engine.store import Store
+
+    path = store_path(args)
+    if not create and not looks_like_store(path):
+        raise StoreError(
+            f"no store at {path}; pass --store PATH (or set ARTLEDGER_STORE), "
+            "or create one with `artledger demo`"
+        )
+    return Store.open(path)
+
+
+def artifact_spec(catalog: Catalog, spec: str) -> ArtifactVersion:
+    """``NAME`` or ``NAME:VERSION`` (a name containing ':' works when given whole)."""
+    if ":" in spec:
+        name, _, version = spec.rpartition(":")
+        if name and version:
+            try:
+                return catalog.get_artifact(name, version)
+            except ArtifactNotFoundError:
+                try:
+                    return catalog.get_artifact(spec)
+                except ArtifactNotFoundError:
+                    pass
+                raise
+    return catalog.get_artifact(spec)
