@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from engine import failpoints
 from engine.errors import ArtledgerError, IntegrityError
+from engine.events import GC_COMPLETED
 from engine.projections import PROJECTION_DBS, fold
-from engine.projections.records import DECODE_ERRORS, damage_boundary, record
+from engine.projections.records import DECODE_ERRORS, damage_boundary, manifests, record
 from engine.storage.blobs import BlobStore, Location
 from engine.storage.chunks import ChunkRecord
 from engine.storage.kv import MemoryKV, Txn
@@ -73,7 +74,7 @@ def _live_refs(txn: Txn) -> dict[bytes, list[str]]:
         if rec["deleted"] is not None:
             continue
         label = f"{rec['name']}:{rec['version']}"
-        files = list(rec["files"]) + [v[2] for v in rec.get("visualizations") or []]
+        files = manifests(rec)
         for f in files:
             for d in f[3]:
                 refs[d].append(label)
@@ -89,7 +90,7 @@ def _refs(txn: Txn, report: VerifyReport) -> tuple[dict[bytes, list[str]], dict[
         try:
             rec = record(raw, "artifacts")
             label = f"artifact {rec['name']}:{rec['version']} (id {rec['id']})"
-            files = list(rec["files"]) + [v[2] for v in rec.get("visualizations") or []]
+            files = manifests(rec)
             digests = [d for f in files for d in f[3]]
         except _RECORD_DAMAGE as e:
             report.problems.append(
@@ -285,7 +286,7 @@ def gc(store: Store, *, dry_run: bool = False, explain: bool = False) -> GcRepor
         txn.put("meta", b"stored_bytes", max(total, 0).to_bytes(8, "big"))
         return [
             (
-                "gc.completed",
+                GC_COMPLETED,
                 {"chunks": report.chunks_reclaimed, "bytes": report.bytes_reclaimed},
             )
         ]

@@ -1,8 +1,8 @@
 """The export stream's format: framing, checksums, event schemas, chunk access.
 
-See :mod:`engine.ops.transfer` for the format and the rules an import enforces,
-and :mod:`engine.ops.stream_scan` for the validating pass. Nothing here
-touches a store.
+See :mod:`engine.ops.transfer` for the format and the rules an import
+enforces, :mod:`engine.ops.stream_scan` for the validating pass and
+:mod:`engine.events` for the event schemas. Nothing here touches a store.
 """
 
 from __future__ import annotations
@@ -20,6 +20,14 @@ import msgpack
 import xxhash
 
 from engine.errors import ArtledgerError, ImportValidationError
+from engine.events import (
+    ARTIFACT_TAGGED,
+    ARTIFACT_UNTAGGED,
+    ARTIFACT_WRITTEN,
+    EVENT_TYPES,
+    ID_MAPS,
+    SCHEMAS,
+)
 from engine.projections import HANDLERS
 from engine.storage.log import Event, upcast
 
@@ -74,13 +82,6 @@ class Writer:
 
 def absent_key(digest: bytes) -> bytes:
     return hashlib.blake2b(digest, digest_size=16, person=ABSENT_PERSON).digest()
-
-
-def manifests(data: dict[str, Any]) -> list[list[Any]]:
-    """Every file record of an ``artifact.written`` event (files and visualizations)."""
-    out = list(data.get("files") or [])
-    out += [v[2] for v in data.get("visualizations") or []]
-    return out
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -229,50 +230,7 @@ class ChunkSource:
         self.close()
 
 
-# -- event schemas -------------------------------------------------------------------
-
-_STR, _INT, _LIST, _DICT = (str,), (int,), (list,), (dict,)
-_OPT_STR = (str, type(None))
-_VERSION = (int, str)
-
-# Required fields per event type (after upcasting), and their types.
-SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
-    "artifact.written": {
-        "id": _STR,
-        "name": _STR,
-        "version": _VERSION,
-        "content_hash": _STR,
-        "data_type": _STR,
-        "materializer": _STR,
-        "materializer_version": _INT,
-        "artifact_type": _STR,
-        "files": _LIST,
-        "visualizations": _LIST,
-        "state": _DICT,
-        "metadata": _DICT,
-        "user_metadata": _DICT,
-        "tags": _LIST,
-        "producer": _OPT_STR,
-        "run": _OPT_STR,
-        "size": _INT,
-    },
-    "artifact.tagged": {"id": _STR, "tags": _LIST},
-    "artifact.untagged": {"id": _STR, "tags": _LIST},
-    "metadata.logged": {"id": _STR, "metadata": _DICT},
-    "artifact.deleted": {"id": _STR},
-    "run.started": {"id": _STR, "pipeline": _STR},
-    "run.completed": {"id": _STR},
-    "run.failed": {"id": _STR},
-    "run.deleted": {"id": _STR},
-    "step.started": {"id": _STR, "run": _STR, "invocation": _STR, "step": _STR},
-    "step.cached": {"id": _STR, "run": _STR, "invocation": _STR, "step": _STR},
-    "step.skipped": {"id": _STR, "run": _STR, "invocation": _STR, "step": _STR},
-    "step.completed": {"id": _STR, "run": _STR},
-    "step.failed": {"id": _STR, "run": _STR},
-    "gc.completed": {"chunks": _INT, "bytes": _INT},
-}
-_ID_MAPS = {"step.completed": ("inputs", "outputs"), "step.cached": ("inputs", "outputs")}
-
+# -- event schemas (engine.events) ----------------------------------------------
 
 _known: tuple[int, frozenset[str]] = (-1, frozenset())
 
@@ -281,7 +239,7 @@ def known_types() -> frozenset[str]:
     """Event types an import accepts: those with a schema here or a fold function."""
     global _known
     if _known[0] != len(HANDLERS):
-        _known = (len(HANDLERS), frozenset(SCHEMAS) | set(HANDLERS) | {"store.created"})
+        _known = (len(HANDLERS), EVENT_TYPES | set(HANDLERS))
     return _known[1]
 
 
@@ -324,13 +282,13 @@ def check_event(path: Path, i: int, env: dict[str, Any], *, max_ts: int | None) 
         value = data.get(key)
         if isinstance(value, str) and not (0 < len(value) <= 128 and _HEX.match(value)):
             raise bad(path, f"{where} ({etype}) field {key!r} is not a hex id: {value!r:.80}")
-    for key in _ID_MAPS.get(etype, ()):
+    for key in ID_MAPS.get(etype, ()):
         value = data.get(key, {})
         if not isinstance(value, dict) or not all(
             isinstance(k, str) and isinstance(x, str) for k, x in value.items()
         ):
             raise bad(path, f"{where} ({etype}) field {key!r} must map names to ids")
-    if etype in ("artifact.tagged", "artifact.untagged") or etype == "artifact.written":
+    if etype in (ARTIFACT_TAGGED, ARTIFACT_UNTAGGED, ARTIFACT_WRITTEN):
         tags = data["tags"]
         if not all(isinstance(t, str) and t and "\x00" not in t for t in tags):
             raise bad(path, f"{where} ({etype}) has an invalid tag in {tags!r:.80}")

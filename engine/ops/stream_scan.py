@@ -30,6 +30,16 @@ from typing import IO, Any
 import xxhash
 
 from engine.errors import MaterializerError
+from engine.events import (
+    ARTIFACT_DELETED,
+    ARTIFACT_WRITTEN,
+    METADATA_LOGGED,
+    RUN_STARTED,
+    STEP_CACHED,
+    STEP_SKIPPED,
+    STEP_STARTED,
+    STORE_CREATED,
+)
 from engine.ops.stream import (
     _HEX32,
     FORMAT,
@@ -194,12 +204,12 @@ class _Validator:
             self.e_frames += 1
             env = unpack_map(path, payload, f"event {self.e_frames}")
             e = check_event(path, self.e_frames, env, max_ts=self.max_ts)
-            if e.type != "store.created":
+            if e.type != STORE_CREATED:
                 self.event(e)
                 self.event_bytes += len(payload)
                 self.event_at.append(pos)
                 self.events_hash.update(check)
-                if e.type == "artifact.written":
+                if e.type == ARTIFACT_WRITTEN:
                     self.written_at.append(pos)
                     self.written_hash.update(check)
         else:  # C or A
@@ -226,20 +236,20 @@ class _Validator:
     def event(self, e: Event) -> None:
         path, d = self.path, e.data
         where = f"event {e.seq} of the stream ({e.type})"
-        if e.type == "run.started":
+        if e.type == RUN_STARTED:
             if d["id"] in self.runs:
                 raise bad(path, f"event {e.seq} of the stream starts run {d['id']} twice")
             self.runs.add(d["id"])
-        elif e.type in ("step.started", "step.cached", "step.skipped"):
+        elif e.type in (STEP_STARTED, STEP_CACHED, STEP_SKIPPED):
             if d["id"] in self.steps:
                 raise bad(path, f"event {e.seq} of the stream starts step {d['id']} twice")
             self.steps.add(d["id"])
-        if e.type == "artifact.written":
+        if e.type == ARTIFACT_WRITTEN:
             self.artifact(where, d)
-        elif e.type.startswith("artifact.") or e.type == "metadata.logged":
+        elif e.type.startswith("artifact.") or e.type == METADATA_LOGGED:
             if d["id"] not in self.arts:
                 raise bad(path, f"{where} refers to artifact {d['id']} the stream does not write")
-            if e.type == "artifact.deleted":
+            if e.type == ARTIFACT_DELETED:
                 self.deleted.add(d["id"])
         elif e.type.startswith("run."):
             self._refer("run", d["id"], where)

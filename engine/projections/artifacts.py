@@ -20,6 +20,14 @@ Databases (all keys bytes, values msgpack):
 
 from __future__ import annotations
 
+from engine.events import (
+    ARTIFACT_DELETED,
+    ARTIFACT_TAGGED,
+    ARTIFACT_UNTAGGED,
+    ARTIFACT_WRITTEN,
+    GC_COMPLETED,
+    METADATA_LOGGED,
+)
 from engine.projections.fold import bump, get_record, handles, next_version, put_record
 from engine.projections.keys import content_key, name_key, tag_key, u64, version_key
 from engine.storage.kv import Txn
@@ -28,7 +36,7 @@ from engine.storage.log import Event
 # -- artifacts -----------------------------------------------------------------
 
 
-@handles("artifact.written")
+@handles(ARTIFACT_WRITTEN)
 def _artifact_written(txn: Txn, e: Event) -> None:
     d = e.data
     aid = d["id"]
@@ -52,7 +60,7 @@ def _artifact_written(txn: Txn, e: Event) -> None:
     bump(txn, "logical_bytes", int(d.get("size", 0)))
 
 
-@handles("artifact.tagged", "artifact.untagged")
+@handles(ARTIFACT_TAGGED, ARTIFACT_UNTAGGED)
 def _artifact_tags(txn: Txn, e: Event) -> None:
     aid = e.data["id"]
     rec = get_record(txn, "artifacts", aid)
@@ -60,7 +68,7 @@ def _artifact_tags(txn: Txn, e: Event) -> None:
         return
     tags = set(rec["tags"])
     for tag in e.data["tags"]:
-        if e.type == "artifact.tagged":
+        if e.type == ARTIFACT_TAGGED:
             tags.add(tag)
             txn.put("tags", tag_key(tag, aid), b"")
         else:
@@ -70,7 +78,7 @@ def _artifact_tags(txn: Txn, e: Event) -> None:
     put_record(txn, "artifacts", aid, rec)
 
 
-@handles("metadata.logged")
+@handles(METADATA_LOGGED)
 def _metadata_logged(txn: Txn, e: Event) -> None:
     aid = e.data["id"]
     rec = get_record(txn, "artifacts", aid)
@@ -80,7 +88,7 @@ def _metadata_logged(txn: Txn, e: Event) -> None:
     put_record(txn, "artifacts", aid, rec)
 
 
-@handles("artifact.deleted")
+@handles(ARTIFACT_DELETED)
 def _artifact_deleted(txn: Txn, e: Event) -> None:
     aid = e.data["id"]
     rec = get_record(txn, "artifacts", aid)
@@ -95,6 +103,6 @@ def _artifact_deleted(txn: Txn, e: Event) -> None:
     bump(txn, "logical_bytes", -int(rec.get("size", 0)))
 
 
-@handles("gc.completed")
+@handles(GC_COMPLETED)
 def _gc_completed(txn: Txn, e: Event) -> None:
     bump(txn, "gc_runs", 1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
@@ -90,3 +90,21 @@ def damage_boundary(where: str) -> Iterator[None]:
         raise
     except DECODE_ERRORS as e:
         raise damaged(where, e) from e
+
+
+def manifests(rec: dict[str, Any]) -> list[list[Any]]:
+    """Every file record (``[name, size, hash, chunk digests]``) of an artifact
+    version: its files, then its visualizations' files. ``rec`` is an
+    ``artifact.written`` event's data or an ``artifacts`` projection record."""
+    out = list(rec.get("files") or [])
+    out += [v[2] for v in rec.get("visualizations") or []]
+    return out
+
+
+def map_manifests(rec: dict[str, Any], fn: Callable[[list[Any]], list[Any]]) -> dict[str, Any]:
+    """A copy of ``rec`` with every file record replaced by ``fn(record)``, files
+    first, then visualizations (in the order :func:`manifests` lists them)."""
+    out = dict(rec)
+    out["files"] = [fn(f) for f in rec.get("files") or []]
+    out["visualizations"] = [[v[0], v[1], fn(v[2])] for v in rec.get("visualizations") or []]
+    return out

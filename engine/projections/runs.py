@@ -28,6 +28,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.events import (
+    RUN_COMPLETED,
+    RUN_DELETED,
+    RUN_FAILED,
+    RUN_STARTED,
+    STEP_CACHED,
+    STEP_COMPLETED,
+    STEP_FAILED,
+    STEP_SKIPPED,
+    STEP_STARTED,
+)
 from engine.projections.fold import bump, get_record, handles, put_record
 from engine.projections.keys import (
     cache_index_key,
@@ -42,7 +53,7 @@ from engine.storage.kv import Txn
 from engine.storage.log import Event
 
 
-@handles("run.started")
+@handles(RUN_STARTED)
 def _run_started(txn: Txn, e: Event) -> None:
     d = e.data
     rec: dict[str, Any] = {
@@ -63,18 +74,18 @@ def _run_started(txn: Txn, e: Event) -> None:
     bump(txn, "runs", 1)
 
 
-@handles("run.completed", "run.failed")
+@handles(RUN_COMPLETED, RUN_FAILED)
 def _run_ended(txn: Txn, e: Event) -> None:
     rec = get_record(txn, "runs", e.data["id"])
     if rec is None:
         return
-    rec["status"] = "completed" if e.type == "run.completed" else "failed"
+    rec["status"] = "completed" if e.type == RUN_COMPLETED else "failed"
     rec["error"] = e.data.get("error")
     rec["ended_ts"] = e.ts
     put_record(txn, "runs", rec["id"], rec)
 
 
-@handles("run.deleted")
+@handles(RUN_DELETED)
 def _run_deleted(txn: Txn, e: Event) -> None:
     rec = get_record(txn, "runs", e.data["id"])
     if rec is None or rec["deleted"] is not None:
@@ -113,10 +124,10 @@ def _attach(
     return pipeline
 
 
-@handles("step.started", "step.cached", "step.skipped")
+@handles(STEP_STARTED, STEP_CACHED, STEP_SKIPPED)
 def _step_begun(txn: Txn, e: Event) -> None:
     d = e.data
-    status = {"step.started": "running", "step.cached": "cached", "step.skipped": "skipped"}[e.type]
+    status = {STEP_STARTED: "running", STEP_CACHED: "cached", STEP_SKIPPED: "skipped"}[e.type]
     rec: dict[str, Any] = {
         "id": d["id"],
         "run": d["run"],
@@ -149,14 +160,14 @@ def _step_begun(txn: Txn, e: Event) -> None:
             txn.put("step_history", history_key(slot, e.seq), d["id"].encode())
 
 
-@handles("step.completed", "step.failed")
+@handles(STEP_COMPLETED, STEP_FAILED)
 def _step_ended(txn: Txn, e: Event) -> None:
     d = e.data
     rec = get_record(txn, "steps", d["id"])
     if rec is None:
         return
     rec["ended_ts"] = e.ts
-    if e.type == "step.failed":
+    if e.type == STEP_FAILED:
         rec["status"] = "failed"
         rec["error"] = d.get("error")
     else:

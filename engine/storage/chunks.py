@@ -25,19 +25,35 @@ from typing import Any, TypeVar
 
 import msgpack
 import xxhash
-import zstandard
 
 from engine.errors import IntegrityError
 from engine.projections.records import DECODE_ERRORS
 from engine.storage.blobs import BlobStore, Location
+from engine.storage.codecs import (
+    CODEC_RAW,
+    MIN_SAVING,
+    RAW,
+    ZSTD,
+    CodecError,
+    codec,
+    worth_compressing,
+)
 from engine.storage.kv import KV
 
-CODEC_RAW = 0
-CODEC_ZSTD = 1
+__all__ = [
+    "CODEC_RAW",
+    "INLINE_MAX",
+    "ChunkReader",
+    "ChunkRecord",
+    "ChunkStore",
+    "ChunkWriter",
+    "FileEntry",
+    "WriteSession",
+    "content_hash",
+]
+
 INLINE_MAX = 2048
-SAMPLE = 32 << 10
 INLINE_POOL_MAX = 64 << 10  # chunks this small are encoded in the writing thread
-MIN_SAVING = 0.9  # store raw when compressed/raw is above this
 
 T = TypeVar("T")
 
@@ -64,37 +80,6 @@ def content_hash(files: list[FileEntry]) -> str:
     the sorted (name, size, file hash) triples."""
     triples = sorted((f.name, f.size, f.hash) for f in files)
     return xxhash.xxh3_128(msgpack.packb(triples, use_bin_type=True)).hexdigest()
-
-
-_tls = threading.local()
-
-
-def _cctx(level: int) -> zstandard.ZstdCompressor:
-    key = f"c{level}"
-    c = getattr(_tls, key, None)
-    if c is None:
-        c = zstandard.ZstdCompressor(level=level)
-        setattr(_tls, key, c)
-    return c
-
-
-def _dctx() -> zstandard.ZstdDecompressor:
-    d = getattr(_tls, "d", None)
-    if d is None:
-        d = _tls.d = zstandard.ZstdDecompressor()
-    return d
-
-
-def worth_compressing(chunk: memoryview) -> bool:
-    """Whether zstd is likely to save at least ~10%, judged from three samples."""
-    n = len(chunk)
-    if n <= 3 * SAMPLE:
-        sample = bytes(chunk)
-    else:
-        mid = n // 2
-        sample = b"".join((chunk[:SAMPLE], chunk[mid : mid + SAMPLE], chunk[n - SAMPLE :]))
-    packed = _cctx(1).compress(sample)
-    return len(packed) < len(sample) * MIN_SAVING
 
 
 @dataclass
@@ -177,21 +162,11 @@ class ChunkStore:
     def decode_into(self, digest: bytes, rec: ChunkRecord, out: memoryview, label: str) -> None:
         """Decode one chunk into ``out`` (exactly ``rec.raw_len`` bytes) and verify it."""
         try:
-            if rec.codec == CODEC_RAW:
-                if rec.inline is not None:
-                    out[:] = rec.inline
-                else:
-                    self.blobs.readinto(rec.loc, out)  # type: ignore[arg-type]
+            if rec.codec == CODEC_RAW and rec.inline is None:
+                self.blobs.readinto(rec.loc, out)  # type: ignore[arg-type]
             else:
                 payload = rec.inline if rec.inline is not None else self.blobs.get(rec.loc)  # type: ignore[arg-type]
-                reader = _dctx().stream_reader(payload)
-                got = 0
-                while got < rec.raw_len:
-                    n = reader.readinto(out[got:])
-                    if not n:
-                        break
-                    got += n
-                if got != rec.raw_len:
+                if codec(rec.codec).decode_into(payload, out) != rec.raw_len:
                     raise IntegrityError(f"{label}: chunk {digest.hex()} decompresses short")
         except IntegrityError as e:
             moved = None if rec.inline is not None else self.lookup(digest)
@@ -202,10 +177,9 @@ class ChunkStore:
             if label in str(e):
                 raise
             raise IntegrityError(f"{label}: chunk {digest.hex()}: {e}") from e
-        except zstandard.ZstdError as e:
+        except CodecError as e:
             raise IntegrityError(
-                f"{label}: chunk {digest.hex()} is damaged (cannot decompress: {e}); "
-                "run `artledger verify`"
+                f"{label}: chunk {digest.hex()} is damaged ({e}); run `artledger verify`"
             ) from e
         if self.digest(out) != digest:
             raise IntegrityError(
@@ -246,10 +220,10 @@ class WriteSession:
         if self._known(digest):
             return digest, -1, None, n
         if store.level > 0 and (n <= INLINE_MAX or worth_compressing(chunk)):
-            packed = _cctx(store.level).compress(chunk)
+            packed = ZSTD.encode(chunk, store.level)
             if len(packed) < n * MIN_SAVING:
-                return digest, CODEC_ZSTD, packed, n
-        return digest, CODEC_RAW, chunk, n
+                return digest, ZSTD.id, packed, n
+        return digest, RAW.id, RAW.encode(chunk, store.level), n
 
     def _store(self, result: tuple[bytes, int, Any, int]) -> bytes:
         digest, codec, payload, n = result

@@ -73,18 +73,26 @@ def check_tree(names: Iterable[str]) -> None:
         )
 
 
-class _Signer:
+class Signer:
+    """Signs and checks pickle payloads with the store's secret (HMAC-SHA256).
+
+    While the secret is damaged or missing (``secret_problem``), signing is
+    refused: a signature under a throwaway key could never be verified later.
+    ``refusal`` is that error's message, ``{problem}`` standing for the problem.
+    """
+
+    refusal = (
+        "refusing to sign a pickle: {problem}. A pickle signed now could never load; "
+        "nothing was committed"
+    )
+
     def __init__(self, secret: bytes, secret_problem: str | None = None) -> None:
         self._secret = secret
         self._secret_problem = secret_problem
 
     def sign(self, payload: bytes) -> str:
         if self._secret_problem is not None:
-            # A signature under a throwaway key could never be verified later.
-            raise StoreSecretError(
-                f"refusing to sign a pickle: {self._secret_problem}. A pickle signed now "
-                "could never load; nothing was committed"
-            )
+            raise StoreSecretError(self.refusal.format(problem=self._secret_problem))
         return hmac.new(self._secret, payload, hashlib.sha256).hexdigest()
 
     def verify(self, payload: bytes, signature: str) -> bool:
@@ -93,7 +101,7 @@ class _Signer:
         return hmac.compare_digest(self.sign(payload), signature)
 
 
-class WriteFiles(_Signer):
+class WriteFiles(Signer):
     """Files being written for one artifact version (or its visualizations)."""
 
     def __init__(
@@ -195,7 +203,7 @@ class WriteFiles(_Signer):
             self._stage = None
 
 
-class ReadFiles(_Signer):
+class ReadFiles(Signer):
     """The stored files of one artifact version, read back verified."""
 
     def __init__(
