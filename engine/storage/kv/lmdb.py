@@ -14,7 +14,6 @@ from typing import Any
 from engine.errors import ArtledgerError, IntegrityError, ReadOnlyStoreError, StoreError
 from engine.storage.kv.base import KV, Databases, T, Txn, bounds, declared
 
-
 _ENV_LOCK = threading.Lock()
 _ENVS: dict[str, tuple[int, Any, int]] = {}  # realpath -> (pid, env, refcount)
 MAX_READERS = 256
