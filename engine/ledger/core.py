@@ -99,14 +99,9 @@ class Ledger:
         )
 
     # -- reading -----------------------------------------------------------------
-    @contextlib.contextmanager
-    def snapshot(self) -> Iterator[Txn]:
+    def snapshot(self) -> contextlib.AbstractContextManager[Txn]:
         """A read transaction, ended when the block exits."""
-        txn = self.kv.read()
-        try:
-            yield txn
-        finally:
-            self.kv.end_read(txn)
+        return self.kv.snapshot()
 
     def meta(self, key: bytes) -> bytes | None:
         with self.snapshot() as txn:

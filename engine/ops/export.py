@@ -126,8 +126,7 @@ def export_stream(
                 "upto": upto,
             }
             w.frame(b"H", pack(header))
-            txn = store.kv.read()
-            try:
+            with store.ledger.kv.snapshot() as txn:
                 for seq, raw in store.log.read_raw(txn, 1, upto + 1):
                     env = unpack(raw)
                     etype, data = env["type"], env["data"]
@@ -144,8 +143,6 @@ def export_stream(
                     report.events += 1
                     if progress is not None and report.events % 1000 == 0:
                         progress("export", seq, upto)
-            finally:
-                store.kv.end_read(txn)
             trailer = {
                 "events": report.events,
                 "chunks": report.chunks,

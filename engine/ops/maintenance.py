@@ -14,6 +14,7 @@ rewritten; files are deleted only after the index commit that dropped them.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,18 +119,17 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
     where = f"the ledger at {getattr(kv, 'path', 'memory')}"
 
     def stage(what: str, fn: Callable[[Txn], None]) -> None:
-        try:
-            txn = kv.read()
-        except ArtledgerError as e:
-            report.problems.append(f"verify could not {what}: {e}")
-            return
-        try:
-            with damage_boundary(where):
-                fn(txn)
-        except (ArtledgerError, OSError) as e:
-            report.problems.append(f"verify could not finish {what}: {e}")
-        finally:
-            kv.end_read(txn)
+        with contextlib.ExitStack() as stack:
+            try:
+                txn = stack.enter_context(kv.snapshot())
+            except ArtledgerError as e:
+                report.problems.append(f"verify could not {what}: {e}")
+                return
+            try:
+                with damage_boundary(where):
+                    fn(txn)
+            except (ArtledgerError, OSError) as e:
+                report.problems.append(f"verify could not finish {what}: {e}")
 
     refs: dict[bytes, list[str]] = {}
     live: dict[bytes, list[str]] = {}
@@ -267,11 +267,8 @@ def gc(store: Store, *, dry_run: bool = False, explain: bool = False) -> GcRepor
     report = GcReport(dry_run=dry_run)
     store.flush()
     if dry_run:
-        txn = store.kv.read()
-        try:
+        with store.kv.snapshot() as txn:
             _classify(txn, report, explain)
-        finally:
-            store.kv.end_read(txn)
         return report
 
     dead_locs: list[Location] = []

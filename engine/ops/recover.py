@@ -393,8 +393,7 @@ def _check(cls: type[Store], root: Path, report: RecoverReport) -> None:
         report.problems.append(f"the recovered store does not open: {e}")
         return
     with store:
-        txn = store.kv.read()
-        try:
+        with store.kv.snapshot() as txn:
             referenced: set[bytes] = set()
             for _, raw in txn.scan("artifacts"):
                 rec = record(raw, "artifacts")
@@ -408,8 +407,6 @@ def _check(cls: type[Store], root: Path, report: RecoverReport) -> None:
             report.unreferenced_chunks = sum(
                 1 for d, _ in txn.scan("chunks") if d not in referenced
             )
-        finally:
-            store.kv.end_read(txn)
         report.problems = [
             p for p in store.verify().problems if "is missing from the index" not in p
         ]

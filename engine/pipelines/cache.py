@@ -109,9 +109,6 @@ def lookup(
         if live is catalog.kv:
             found = lookup_in(txn, txn, cache_key, expires_after)
         else:
-            ctxn = live.read()
-            try:
+            with live.snapshot() as ctxn:
                 found = lookup_in(txn, ctxn, cache_key, expires_after)
-            finally:
-                live.end_read(ctxn)
     return None if found.record is None else StepRun(catalog, found.record)

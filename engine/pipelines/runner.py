@@ -228,8 +228,7 @@ class _Runner:
             "cache_key": key,
         }
         store = self.store
-        txn = store.kv.read()
-        try:
+        with store.kv.snapshot() as txn:
             if not p.caching:
                 reasons = [CACHE_DISABLED]
             else:
@@ -258,8 +257,6 @@ class _Runner:
                     reasons = miss_reasons(
                         txn, st.name, self.pipeline, inv.id, components, self.first_seq
                     )
-        finally:
-            store.kv.end_read(txn)
         store.defer(
             [
                 (

@@ -67,15 +67,13 @@ class Catalog:
     def _read(self) -> Iterator[Txn]:
         """A read snapshot; damaged records met inside become ``IntegrityError``."""
         self._check_open()
-        txn = self.kv.read()
-        try:
-            yield txn
-        except ArtledgerError:
-            raise
-        except DECODE_ERRORS as e:
-            raise damaged(f"the ledger at {getattr(self.kv, 'path', 'memory')}", e) from e
-        finally:
-            self.kv.end_read(txn)
+        with self.kv.snapshot() as txn:
+            try:
+                yield txn
+            except ArtledgerError:
+                raise
+            except DECODE_ERRORS as e:
+                raise damaged(f"the ledger at {getattr(self.kv, 'path', 'memory')}", e) from e
 
     # -- log -------------------------------------------------------------------
     @property

@@ -28,11 +28,8 @@ def _seq_at(store: Store, when: _dt.datetime) -> int:
     if when.tzinfo is None:
         when = when.astimezone()
     target = int(when.timestamp() * 1e9)
-    txn = store.kv.read()
-    try:
+    with store.kv.snapshot() as txn:
         seq, found_ordered = store.log.seq_at(txn, target)
-    finally:
-        store.kv.end_read(txn)
     if found_ordered:  # an old log, checked once: binary search from now on
         store.kv.write(store.log.mark_ordered)
     return seq
@@ -66,16 +63,13 @@ class HistoricalView(Catalog):
             raise InvalidArgumentError(f"as_of({seq}): the log holds events 1..{head}")
         kv = MemoryKV()
         w = kv.unsafe_writer()
-        txn = store.kv.read()
-        try:
+        with store.kv.snapshot() as txn:
             for key in (b"format", b"seed", b"store_id"):
                 v = txn.get("meta", key)
                 if v is not None:
                     w.put("meta", key, v)
             # The chunk index is physical, not historical: reads resolve chunks live.
             fold(w, store.log.read(txn, 1, seq + 1))
-        finally:
-            store.kv.end_read(txn)
         if seq:
             w.put("meta", b"head_seq", seq_key(seq))
         return cls(store, seq, kv)

@@ -148,11 +148,8 @@ class ChunkStore:
         return xxhash.xxh3_128(data, seed=self.seed).digest()
 
     def lookup(self, digest: bytes) -> ChunkRecord | None:
-        txn = self.kv.read()
-        try:
+        with self.kv.snapshot() as txn:
             raw = txn.get("chunks", digest)
-        finally:
-            self.kv.end_read(txn)
         return None if raw is None else ChunkRecord.unpack(raw)
 
     def session(self) -> WriteSession:
@@ -377,8 +374,7 @@ class ChunkReader(io.RawIOBase):
         self._pos = 0
         self._recs: list[ChunkRecord] = []
         self._starts: list[int] = []
-        txn = store.kv.read()
-        try:
+        with store.kv.snapshot() as txn:
             off = 0
             for d in entry.chunks:
                 raw = txn.get("chunks", d)
@@ -391,8 +387,6 @@ class ChunkReader(io.RawIOBase):
                 self._recs.append(rec)
                 self._starts.append(off)
                 off += rec.raw_len
-        finally:
-            store.kv.end_read(txn)
         if off != entry.size:
             raise IntegrityError(
                 f"{label}: chunks add up to {off} bytes but the manifest says {entry.size}"

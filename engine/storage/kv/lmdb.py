@@ -1,282 +1,18 @@
-"""Ordered key-value transactions: the one seam between the engine and LMDB.
-
-Everything the engine keeps outside pack files (the event log, the chunk
-index, the projections, store metadata) lives in named databases of a
-:class:`KV`. Two backends pass the same tests: :class:`LmdbKV`, the embedded
-default, and :class:`MemoryKV`, the executable spec and the fold target of
-``Store.as_of``. LMDB errors are translated here and nowhere else.
-"""
+"""LmdbKV: the named databases in one LMDB environment, the embedded default
+KV. LMDB errors are translated here and nowhere else."""
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import errno
 import os
 import threading
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from engine.errors import ArtledgerError, IntegrityError, ReadOnlyStoreError, StoreError
-
-T = TypeVar("T")
-
-# Databases of the projections (dropped and refolded by ``Store.rebuild``).
-PROJECTION_DBS = (
-    "artifacts",
-    "names",
-    "versions",
-    "name_meta",
-    "tags",
-    "content",
-    "counters",
-    "runs",
-    "run_index",
-    "steps",
-    "cache",
-    "consumers",
-    "step_history",
-    "run_steps",
-    "step_components",
-)
-# Everything else: store metadata, the event log, the chunk index, pack segment ends.
-DATABASES = ("meta", "events", "chunks", "segments", *PROJECTION_DBS)
-
-
-class Txn(ABC):
-    """One transaction over the named databases (read-only or read-write)."""
-
-    @abstractmethod
-    def get(self, db: str, key: bytes) -> bytes | None:
-        """The value stored under ``key``, or None."""
-
-    @abstractmethod
-    def put(self, db: str, key: bytes, value: bytes) -> None:
-        """Store ``value`` under ``key`` (replacing any old value)."""
-
-    @abstractmethod
-    def delete(self, db: str, key: bytes) -> bool:
-        """Remove ``key``; whether it was there."""
-
-    @abstractmethod
-    def scan(
-        self,
-        db: str,
-        start: bytes | None = None,
-        stop: bytes | None = None,
-        *,
-        prefix: bytes | None = None,
-        reverse: bool = False,
-    ) -> Iterator[tuple[bytes, bytes]]:
-        """Pairs with ``start <= key < stop`` (and ``key`` starting with
-        ``prefix``), in key order or reversed."""
-
-    @abstractmethod
-    def drop(self, db: str) -> None:
-        """Remove every key of ``db``."""
-
-    @abstractmethod
-    def count(self, db: str) -> int:
-        """How many keys ``db`` holds."""
-
-
-class KV(ABC):
-    """A set of named, ordered databases with serialisable write transactions."""
-
-    @abstractmethod
-    def read(self) -> Txn:
-        """A read-only snapshot; release it with :meth:`end_read`."""
-
-    @abstractmethod
-    def end_read(self, txn: Txn) -> None:
-        """Release a snapshot taken with :meth:`read`."""
-
-    @abstractmethod
-    def write(self, fn: Callable[[Txn], T]) -> T:
-        """Run ``fn`` in one write transaction and commit durably.
-
-        ``fn`` may run more than once (the LMDB map is grown and the
-        transaction retried when it fills up), so it must not have effects
-        outside the transaction. If ``fn`` raises, nothing is written.
-        """
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release resources."""
-
-    def reserve(self, nbytes: int) -> None:  # noqa: B027 - optional hook
-        """Make room now for a write of about ``nbytes`` (a hint: LMDB grows its
-        map at once instead of retrying a large transaction at each doubling)."""
-
-
-def _prefix_stop(prefix: bytes) -> bytes | None:
-    """The smallest key greater than every key starting with ``prefix``."""
-    p = bytearray(prefix)
-    while p:
-        if p[-1] < 0xFF:
-            p[-1] += 1
-            return bytes(p)
-        p.pop()
-    return None
-
-
-def _bounds(
-    start: bytes | None, stop: bytes | None, prefix: bytes | None
-) -> tuple[bytes | None, bytes | None]:
-    if prefix:
-        pstop = _prefix_stop(prefix)
-        start = prefix if start is None or start < prefix else start
-        if pstop is not None and (stop is None or stop > pstop):
-            stop = pstop
-    return start, stop
-
-
-# --------------------------------------------------------------------------- memory
-
-
-class _MemDB:
-    """A dict plus a sorted key list, rebuilt lazily on the first scan after a
-    change (a fold does many puts and no scans; queries do the opposite)."""
-
-    __slots__ = ("_keys", "data")
-
-    def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
-        self._keys: list[bytes] | None = []
-
-    @property
-    def keys(self) -> list[bytes]:
-        if self._keys is None:
-            self._keys = sorted(self.data)
-        return self._keys
-
-    def put(self, key: bytes, value: bytes) -> None:
-        if key not in self.data:
-            keys = self._keys
-            if keys is not None and (not keys or key > keys[-1]):
-                keys.append(key)
-            else:
-                self._keys = None
-        self.data[key] = value
-
-    def delete(self, key: bytes) -> bool:
-        if key not in self.data:
-            return False
-        del self.data[key]
-        self._keys = None
-        return True
-
-    def clear(self) -> None:
-        self.data.clear()
-        self._keys = []
-
-
-class _MemTxn(Txn):
-    def __init__(self, kv: MemoryKV, write: bool) -> None:
-        self._kv = kv
-        self._write = write
-        self._undo: list[tuple[str, bytes, bytes | None]] | None = []
-
-    def _db(self, db: str) -> _MemDB:
-        try:
-            return self._kv.dbs[db]
-        except KeyError:
-            raise StoreError(f"unknown database {db!r}") from None
-
-    def get(self, db: str, key: bytes) -> bytes | None:
-        return self._db(db).data.get(key)
-
-    def put(self, db: str, key: bytes, value: bytes) -> None:
-        d = self._kv.dbs[db]
-        if self._undo is not None:
-            assert self._write, "put in a read transaction"
-            self._undo.append((db, key, d.data.get(key)))
-        d.put(key, value if type(value) is bytes else bytes(value))
-
-    def delete(self, db: str, key: bytes) -> bool:
-        assert self._write, "delete in a read transaction"
-        d = self._db(db)
-        old = d.data.get(key)
-        if old is None:
-            return False
-        if self._undo is not None:
-            self._undo.append((db, key, old))
-        return d.delete(key)
-
-    def scan(
-        self,
-        db: str,
-        start: bytes | None = None,
-        stop: bytes | None = None,
-        *,
-        prefix: bytes | None = None,
-        reverse: bool = False,
-    ) -> Iterator[tuple[bytes, bytes]]:
-        d = self._db(db)
-        start, stop = _bounds(start, stop, prefix)
-        lo = 0 if start is None else bisect.bisect_left(d.keys, start)
-        hi = len(d.keys) if stop is None else bisect.bisect_left(d.keys, stop)
-        keys = d.keys[lo:hi]
-        if reverse:
-            keys.reverse()
-        data = d.data
-        for k in keys:
-            v = data.get(k)
-            if v is not None:
-                yield k, v
-
-    def drop(self, db: str) -> None:
-        d = self._db(db)
-        if self._undo is not None:
-            for k, v in d.data.items():
-                self._undo.append((db, k, v))
-        d.clear()
-
-    def count(self, db: str) -> int:
-        return len(self._db(db).data)
-
-    def rollback(self) -> None:
-        for db, key, old in reversed(self._undo or ()):
-            d = self._kv.dbs[db]
-            if old is None:
-                d.delete(key)
-            else:
-                d.put(key, old)
-        self._undo = []
-
-
-class MemoryKV(KV):
-    """In-memory twin of :class:`LmdbKV` (one process; writes serialised by a lock)."""
-
-    def __init__(self) -> None:
-        self.dbs: dict[str, _MemDB] = {name: _MemDB() for name in DATABASES}
-        self._lock = threading.RLock()
-
-    def read(self) -> Txn:
-        return _MemTxn(self, write=False)
-
-    def end_read(self, txn: Txn) -> None:
-        pass
-
-    def write(self, fn: Callable[[Txn], T]) -> T:
-        with self._lock:
-            txn = _MemTxn(self, write=True)
-            try:
-                return fn(txn)
-            except BaseException:
-                txn.rollback()
-                raise
-
-    def unsafe_writer(self) -> Txn:
-        """A write transaction applied immediately, with no rollback; for
-        folding a log into a fresh, private MemoryKV."""
-        txn = _MemTxn(self, write=True)
-        txn._undo = None
-        return txn
-
-
-# --------------------------------------------------------------------------- lmdb
+from engine.storage.kv.base import KV, Databases, T, Txn, bounds, declared
 
 _ENV_LOCK = threading.Lock()
 _ENVS: dict[str, tuple[int, Any, int]] = {}  # realpath -> (pid, env, refcount)
@@ -355,7 +91,7 @@ class _LmdbTxn(Txn):
         prefix: bytes | None = None,
         reverse: bool = False,
     ) -> Iterator[tuple[bytes, bytes]]:
-        start, stop = _bounds(start, stop, prefix)
+        start, stop = bounds(start, stop, prefix)
         try:
             cur = self._txn.cursor(db=self._kv.handles[db])
             if not reverse:
@@ -415,7 +151,11 @@ class LmdbKV(KV):
     and makes :meth:`write` raise :class:`ReadOnlyStoreError`; ``lock=False``
     opens it without ``lock.mdb`` (a read-only filesystem: nobody can write).
     New files are created mode 0600 in a directory created mode 0700.
+    ``dbs`` declares the databases (default: the engine's).
     """
+
+    persistent = True
+    multi_process = True
 
     def __init__(
         self,
@@ -424,9 +164,11 @@ class LmdbKV(KV):
         map_size: int = 64 << 20,
         readonly: str | None = None,
         lock: bool = True,
+        dbs: Iterable[str] | None = None,
     ) -> None:
         import lmdb
 
+        self._names = declared(dbs)
         self._lmdb = lmdb
         self.lmdb_error: type[Exception] = lmdb.Error
         # Raised inside ``fn`` by write(): handled there (grow the map, refresh it).
@@ -449,7 +191,7 @@ class LmdbKV(KV):
         self.env = env
         self._write_lock = threading.Lock()
         try:
-            self.handles = {name: self._open_db(name) for name in DATABASES}
+            self.handles = Databases({name: self._open_db(name) for name in self._names})
         except BaseException:
             self.close()
             raise
@@ -474,7 +216,7 @@ class LmdbKV(KV):
                 env = lmdb.open(
                     str(path),
                     map_size=map_size,
-                    max_dbs=len(DATABASES) + 4,
+                    max_dbs=len(self._names) + 4,
                     max_readers=MAX_READERS,
                     readahead=False,
                     metasync=True,
@@ -511,6 +253,10 @@ class LmdbKV(KV):
             ) from e
         except self._lmdb.Error as e:
             raise self.error(e, f"opening database {name!r} of") from e
+
+    @property
+    def databases(self) -> tuple[str, ...]:
+        return self._names
 
     # -- errors ------------------------------------------------------------------
     def error(self, e: Exception, doing: str) -> StoreError | IntegrityError:

@@ -1,0 +1,27 @@
+"""Ordered key-value transactions: the one seam between the engine and LMDB.
+
+Everything the engine keeps outside pack files (the event log, the chunk
+index, the projections, store metadata) lives in named databases of a
+:class:`KV`. Two backends pass the same contract suite
+(``engine.testing.kv``): :class:`LmdbKV`, the embedded default, and
+:class:`MemoryKV`, the executable spec and the fold target of
+``Store.as_of``. LMDB errors are translated in :mod:`engine.storage.kv.lmdb`
+and nowhere else.
+"""
+
+from engine.storage.kv.base import DATABASES, KV, PROJECTION_DBS, Txn
+from engine.storage.kv.lmdb import MAX_READERS, NEARLY_FULL, LmdbKV, free_space, is_open_here
+from engine.storage.kv.memory import MemoryKV
+
+__all__ = [
+    "DATABASES",
+    "KV",
+    "MAX_READERS",
+    "NEARLY_FULL",
+    "PROJECTION_DBS",
+    "LmdbKV",
+    "MemoryKV",
+    "Txn",
+    "free_space",
+    "is_open_here",
+]

@@ -1,0 +1,18 @@
+"""The event log passes its contract (engine.testing.log) on every KV backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.storage.kv import KV, LmdbKV, MemoryKV
+from engine.testing.log import LogContract
+
+
+class TestLogOnMemoryKV(LogContract):
+    def make_kv(self, tmp_path: Path) -> KV:
+        return MemoryKV()
+
+
+class TestLogOnLmdbKV(LogContract):
+    def make_kv(self, tmp_path: Path) -> KV:
+        return LmdbKV(tmp_path / "ledger")
