@@ -48,8 +48,8 @@ PARAMS: dict[str, dict[str, Any]] = {
 def _scan_floor(store: Any) -> tuple[int, float]:
     """Events/s of reading and unpacking the whole log in one snapshot."""
     t = time.perf_counter()
-    with store.kv.snapshot() as txn:
-        n = sum(1 for _ in store.log.read(txn))
+    with store.ledger.kv.snapshot() as txn:
+        n = sum(1 for _ in store.ledger.log.read(txn))
     return n, time.perf_counter() - t
 
 

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from bench.common import Context, Result, Row, Series, disk_bytes, latencies, pct
+from engine.ledger.artifacts import commit_artifacts, prepare
 
 TITLE = "Many small artifacts"
 ABOUT = (
@@ -40,10 +41,12 @@ PER_NAME = 10
 def _fill(store: Any, start: int, stop: int) -> None:
     for lo in range(start, stop, BATCH):
         prepared = [
-            store.prepare({"i": i, "loss": 0.5 / (i + 1), "tag": "x"}, f"item{i // PER_NAME}")
+            prepare(
+                store.ledger, {"i": i, "loss": 0.5 / (i + 1), "tag": "x"}, f"item{i // PER_NAME}"
+            )
             for i in range(lo, min(stop, lo + BATCH))
         ]
-        store.commit_artifacts(prepared)
+        commit_artifacts(store.ledger, prepared)
 
 
 def run(ctx: Context) -> Result:

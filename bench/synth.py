@@ -8,7 +8,7 @@ Runs of ``RUN_STEPS`` steps are bracketed by ``run.started``/``run.completed``.
 The first ``deep`` steps form one chain across runs, for lineage at depth.
 
 Events are appended with ``EventLog.append`` and folded with
-``projections.apply`` in batches inside ``store.kv.write`` — the live commit
+``projections.apply`` in batches inside ``store.ledger.kv.write`` — the live commit
 path without the per-commit fsync, so a long log is built in seconds.
 """
 
@@ -140,10 +140,10 @@ def generate(
             step_i += 1
 
         def fn(txn: Any, records: list[tuple[str, dict[str, Any]]] = records) -> None:
-            for e in store.log.append(txn, records):
+            for e in store.ledger.log.append(txn, records):
                 apply(txn, e)
 
-        store.kv.write(fn)
+        store.ledger.kv.write(fn)
         out.events = store.head - head0
         if progress is not None:
             progress(out.events)
@@ -152,7 +152,7 @@ def generate(
         if budget_s is not None and time.perf_counter() - start > budget_s:
             out.truncated_by_time = True
             break
-    store.commit(lambda txn: [("run.completed", {"id": run_id})])
+    store.ledger.commit(lambda txn: [("run.completed", {"id": run_id})])
     out.events = store.head - head0
     out.steps = step_i
     out.seconds = time.perf_counter() - start

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# Imported eagerly (they are light); engine.api installs the active store
+# that a called pipeline runs on.
+from engine import api as _api  # noqa: F401
 from engine.errors import (
     ArtifactNotFoundError,
     ArtledgerError,
+    ConcurrentGcError,
     ImportValidationError,
     IntegrityError,
     InvalidArgumentError,
@@ -26,15 +30,17 @@ from engine.errors import (
     UnhashableParameterError,
     UntrustedArtifactError,
 )
-
-# Imported eagerly (it is light).
 from engine.pipelines.definition import pipeline, step
 
 if TYPE_CHECKING:
     from engine.api import active_store, load_artifact, save_artifact, use_store
+    from engine.ops.maintenance import GcReport, VerifyReport
+    from engine.ops.recover import RecoverReport
+    from engine.ops.transfer import ExportReport, ImportReport
+    from engine.query.history import HistoricalView
     from engine.query.lineage import LineageGraph
     from engine.query.models import ArtifactVersion, Run, StepRun
-    from engine.storage.log import Event
+    from engine.storage.log import Event, register_upcaster
     from engine.store import Store
 
 __version__ = "0.1.0"
@@ -46,6 +52,13 @@ _LAZY = {
     "StepRun": "engine.query.models",
     "Event": "engine.storage.log",
     "LineageGraph": "engine.query.lineage",
+    "HistoricalView": "engine.query.history",
+    "VerifyReport": "engine.ops.maintenance",
+    "GcReport": "engine.ops.maintenance",
+    "ExportReport": "engine.ops.transfer",
+    "ImportReport": "engine.ops.transfer",
+    "RecoverReport": "engine.ops.recover",
+    "register_upcaster": "engine.storage.log",
     "save_artifact": "engine.api",
     "load_artifact": "engine.api",
     "use_store": "engine.api",
@@ -56,7 +69,12 @@ __all__ = [
     "ArtifactNotFoundError",
     "ArtifactVersion",
     "ArtledgerError",
+    "ConcurrentGcError",
     "Event",
+    "ExportReport",
+    "GcReport",
+    "HistoricalView",
+    "ImportReport",
     "ImportValidationError",
     "IntegrityError",
     "InvalidArgumentError",
@@ -66,6 +84,7 @@ __all__ = [
     "MaterializerError",
     "PipelineError",
     "ReadOnlyStoreError",
+    "RecoverReport",
     "Run",
     "RunNotFoundError",
     "StepRun",
@@ -75,9 +94,11 @@ __all__ = [
     "StoreSecretError",
     "UnhashableParameterError",
     "UntrustedArtifactError",
+    "VerifyReport",
     "active_store",
     "load_artifact",
     "pipeline",
+    "register_upcaster",
     "save_artifact",
     "step",
     "use_store",

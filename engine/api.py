@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     from engine.query.models import ArtifactVersion
     from engine.store import Store
 
+from engine.pipelines.definition import set_active_store
+
 _local = threading.local()
 _default: Store | None = None
 _default_lock = threading.Lock()
@@ -57,3 +59,6 @@ def save_artifact(
 def load_artifact(name: str, version: int | str | None = None, store: Store | None = None) -> Any:
     """Load ``name`` (latest version unless one is given) from ``store`` or the active store."""
     return (store or active_store()).load_artifact(name, version)
+
+
+set_active_store(active_store)

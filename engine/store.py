@@ -10,7 +10,6 @@ it (the runner, the benchmarks, tests); it is not part of the stable API.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -18,18 +17,15 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import ArtifactNotFoundError, InvalidArgumentError
-from engine.ledger.artifacts import Prepared, check_tags, commit_artifacts, plain, prepare
-from engine.ledger.core import Ledger, _ChunkGoneError, _index, retry_on_concurrent_gc
+from engine.ledger.artifacts import check_tags, commit_artifacts, plain, prepare
+from engine.ledger.core import Ledger, _ChunkGoneError, retry_on_concurrent_gc
 from engine.ledger.core import record_container_state as record_segment_ends
 from engine.ledger.layout import Identity
 from engine.ledger.opening import Options, memory_ledger, open_ledger
 from engine.projections.records import damage_boundary
 from engine.query.catalog import Catalog
 from engine.query.models import ArtifactVersion, Run, StepRun
-from engine.storage.blobs import BlobStore
-from engine.storage.chunks import ChunkStore, WriteSession
-from engine.storage.kv import KV, Txn
-from engine.storage.log import Event, EventLog
+from engine.storage.log import Event
 
 if TYPE_CHECKING:
     from engine.ops.maintenance import GcReport, VerifyReport
@@ -66,7 +62,7 @@ class Store:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.path = ledger.path
-        self.catalog = Catalog(
+        self._catalog = Catalog(
             ledger.kv,
             ledger.chunks,
             secret=ledger.secret,
@@ -159,66 +155,12 @@ class Store:
         """Commit deferred events (step timings and the like) now, durably."""
         self.ledger.flush()
 
-    # -- transitional: ledger internals still reached through the store ------------
-    @property
-    def kv(self) -> KV:
-        return self.ledger.kv
-
-    @property
-    def blobs(self) -> BlobStore:
-        return self.ledger.blobs
-
-    @property
-    def chunks(self) -> ChunkStore:
-        return self.ledger.chunks
-
-    @property
-    def log(self) -> EventLog:
-        return self.ledger.log
-
-    @property
-    def _secret(self) -> bytes:
-        return self.ledger.secret
-
-    @property
-    def _secret_problem(self) -> str | None:
-        return self.ledger.secret_problem
-
-    @property
-    def _identity_problem(self) -> str | None:
-        return self.ledger.identity_problem
-
-    def _read(self) -> contextlib.AbstractContextManager[Txn]:
-        return self.catalog._read()
-
-    def _check_writable(self, what: str) -> None:
-        self.ledger.check_writable(what)
-
-    def _index(self, txn: Txn, session: WriteSession) -> None:
-        _index(txn, session)
-
-    def _recover_packs(self) -> list[str]:
-        return self.ledger.recover_blobs()
-
-    def segment_ends(self) -> dict[str, int]:
-        return self.ledger.container_state()
-
-    def commit(self, build: Any, sessions: Iterable[WriteSession] = ()) -> list[Event]:
-        return self.ledger.commit(build, sessions)
-
-    def defer(self, records: Iterable[tuple[str, dict[str, Any]]]) -> None:
-        self.ledger.defer(records)
-
-    def prepare(self, obj: Any, name: str, **kw: Any) -> Prepared:
-        return prepare(self.ledger, obj, name, **kw)
-
-    def commit_artifacts(
-        self, prepared: list[Prepared], extra: Any = None
-    ) -> list[ArtifactVersion]:
-        datas = commit_artifacts(self.ledger, prepared, extra)
-        return [self.get_artifact_by_id(d["id"]) for d in datas]
-
     # -- reading (the catalog) -------------------------------------------------------
+    @property
+    def catalog(self) -> Catalog:
+        """The read side: every query below is answered by it."""
+        return self._catalog
+
     @property
     def head(self) -> int:
         """The last sequence number in the log (0 when empty)."""

@@ -203,7 +203,7 @@ class StoreFilesFactory:
     def new(self) -> ArtifactFiles:
         from engine.storage.files import WriteFiles
 
-        return WriteFiles(self.store.chunks.session(), self.store._secret)
+        return WriteFiles(self.store.ledger.chunks.session(), self.store.ledger.secret)
 
     def saved(self, files: ArtifactFiles) -> ArtifactFiles:
         from engine.storage.files import ReadFiles, WriteFiles
@@ -212,9 +212,13 @@ class StoreFilesFactory:
         files.finish()
         # Index the written chunks durably (a commit with no events), then read
         # everything back through the chunk index, verified.
-        self.store.commit(lambda txn: [], [files._session])
+        self.store.ledger.commit(lambda txn: [], [files._session])
         reader = ReadFiles(
-            self.store.chunks, self.store._secret, dict(files.entries), dict(files.state), "t"
+            self.store.ledger.chunks,
+            self.store.ledger.secret,
+            dict(files.entries),
+            dict(files.state),
+            "t",
         )
         self._readers.append(reader)
         return reader

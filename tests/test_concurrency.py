@@ -144,12 +144,12 @@ def test_reader_keeps_reading_while_gc_moves_its_chunks(tmp_path: Path) -> None:
     with Store.open(tmp_path / "s", chunk_size=64 << 10) as s:
         art = s.save_artifact(keep, "keep")
         s.delete_artifact(s.save_artifact(np.random.default_rng(2).random(200_000), "big"))
-        segments = set(s.segment_ends())
+        segments = set(s.ledger.container_state())
         entry = FileEntry.from_record(art.record()["files"][0])
-        reader = s.chunks.open_file(entry, "artifact keep:1")  # chunk locations resolved
+        reader = s.ledger.chunks.open_file(entry, "artifact keep:1")  # chunk locations resolved
         report = s.gc()
         assert report.segments_compacted == 1
-        assert not segments & set(s.segment_ends())  # the old segment is gone
+        assert not segments & set(s.ledger.container_state())  # the old segment is gone
         data = reader.read()
         assert np.array_equal(np.load(io.BytesIO(data)), keep)
         np.testing.assert_array_equal(s.load_artifact("keep"), keep)

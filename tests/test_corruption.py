@@ -62,7 +62,7 @@ def store(root: Path) -> Iterator[Store]:
 
 def chunk_records(store: Store, name: str) -> list[tuple[bytes, ChunkRecord]]:
     art = store.get_artifact(name)
-    txn = store.kv.read()
+    txn = store.ledger.kv.read()
     try:
         out = []
         for digest in art.record()["files"][0][3]:
@@ -71,7 +71,7 @@ def chunk_records(store: Store, name: str) -> list[tuple[bytes, ChunkRecord]]:
             out.append((digest, ChunkRecord.unpack(raw)))
         return out
     finally:
-        store.kv.end_read(txn)
+        store.ledger.kv.end_read(txn)
 
 
 def pack_path(root: Path, rec: ChunkRecord) -> Path:
@@ -128,7 +128,7 @@ def _rewrite_event(store: Store, seq: int, change: Any) -> None:
         assert raw is not None
         txn.put("events", seq_key(seq), change(raw))
 
-    store.kv.write(fn)
+    store.ledger.kv.write(fn)
 
 
 def _victim_seq(store: Store) -> int:
@@ -261,7 +261,7 @@ def test_damaged_chunk_index_record(store: Store) -> None:
     def fn(txn: Txn) -> None:
         txn.put("chunks", digest, b"\xc1garbage")
 
-    store.kv.write(fn)
+    store.ledger.kv.write(fn)
     report = store.verify()
     assert any(digest.hex() in p and "index record is damaged" in p for p in report.problems)
     others_load(store)

@@ -129,7 +129,7 @@ def test_kill_at_a_failpoint_leaves_a_consistent_store(
         # writer died before its first commit) is left alone, reported, and
         # deleted by gc; the store takes writes again.
         sizes = {p.stem: p.stat().st_size for p in (path / "packs").glob("*.pack")}
-        ends = s.segment_ends()
+        ends = s.ledger.container_state()
         assert all(size == ends[name] for name, size in sizes.items() if name in ends)
         orphans = set(sizes) - set(ends)
         notes = " ".join(s.verify().notes)

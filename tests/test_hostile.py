@@ -147,9 +147,9 @@ def test_event_with_wrong_types(store: Store, etype: str, data: dict[str, Any]) 
     store.save_artifact({"a": 1}, "ok")
 
     def inject(txn: Txn) -> None:
-        store.log.append(txn, [(etype, data)])
+        store.ledger.log.append(txn, [(etype, data)])
 
-    store.kv.write(inject)
+    store.ledger.kv.write(inject)
     seq = store.head
     report = store.verify()
     assert not report.ok

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from engine import Store
+from engine.ledger.artifacts import commit_artifacts, prepare
 from engine.projections.fold import next_version
 from engine.storage.kv import Txn
 from materializers import BaseMaterializer
@@ -74,9 +75,9 @@ class _OldBytes(BaseMaterializer):
 @pytest.mark.parametrize("kind", [bytes, bytearray])
 def test_large_binary_values_stored_the_old_way_still_load(store: Store, kind: type) -> None:
     value = kind(os.urandom(RAW_MIN * 2))
-    p = store.prepare(value, "old", materializer=_OldBytes)
+    p = prepare(store.ledger, value, "old", materializer=_OldBytes)
     p.data["materializer"] = "materializers.builtins:BuiltinsMaterializer"
-    store.commit_artifacts([p])
+    commit_artifacts(store.ledger, [p])
     art = store.get_artifact("old")
     assert art.files == [DATA_FILE]
     back = art.load()
@@ -133,9 +134,9 @@ def _history(store: Store, steps: int) -> None:
         records.append(("step.completed", {"id": sid, "run": run, "outputs": {"output": aid}}))
         if len(records) >= 6000 or i == steps - 1:
             batch = list(records)
-            store.commit(lambda txn, batch=batch: _numbered(txn, batch))  # type: ignore[misc]
+            store.ledger.commit(lambda txn, batch=batch: _numbered(txn, batch))  # type: ignore[misc]
             records.clear()
-    store.commit(lambda txn: [("run.completed", {"id": run})])
+    store.ledger.commit(lambda txn: [("run.completed", {"id": run})])
 
 
 def _numbered(

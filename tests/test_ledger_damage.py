@@ -165,7 +165,7 @@ def test_creation_killed_after_lmdb_made_its_databases_is_finished(tmp_path: Pat
 
 def test_committed_ledger_without_a_format_is_refused_not_reinitialised(root: Path) -> None:
     with Store.open(root) as s:
-        s.kv.write(lambda txn: txn.delete("meta", b"format"))
+        s.ledger.kv.write(lambda txn: txn.delete("meta", b"format"))
     before = data_file(root).read_bytes()
     with pytest.raises(LedgerDamagedError, match="no store format record") as e:
         Store.open(root)
@@ -342,7 +342,7 @@ def _put(store: Store, db: str, key: bytes, value: bytes) -> None:
     def fn(txn: Txn) -> None:
         txn.put(db, key, value)
 
-    store.kv.write(fn)
+    store.ledger.kv.write(fn)
 
 
 def _flip_string(raw: bytes, text: bytes) -> bytes:
@@ -353,11 +353,11 @@ def _flip_string(raw: bytes, text: bytes) -> bytes:
 
 def test_flipped_bytes_in_an_artifact_record(store: Store) -> None:
     art = store.get_artifact("cfg")
-    raw = store.kv.read()
+    raw = store.ledger.kv.read()
     try:
         rec = raw.get("artifacts", art.id.encode())
     finally:
-        store.kv.end_read(raw)
+        store.ledger.kv.end_read(raw)
     assert rec is not None
     _put(store, "artifacts", art.id.encode(), _flip_string(rec, b"cfg"))
     for call in (
@@ -391,13 +391,13 @@ def test_record_of_the_wrong_shape(store: Store) -> None:
 
 def test_flipped_bytes_in_an_index_value_and_a_chunk_record(store: Store) -> None:
     art = store.get_artifact("array")
-    txn = store.kv.read()
+    txn = store.ledger.kv.read()
     try:
         keys = [k for k, _ in txn.scan("names", prefix=b"array\x00")]
         digest = art.record()["files"][0][3][0]
         chunk = txn.get("chunks", digest)
     finally:
-        store.kv.end_read(txn)
+        store.ledger.kv.end_read(txn)
     _put(store, "names", keys[0], b"\xff\xfe" + art.id.encode()[2:])  # invalid UTF-8 id
     with pytest.raises(IntegrityError):
         store.get_artifact("array")
@@ -499,7 +499,7 @@ def test_new_store_is_private_under_umask_022(tmp_path: Path) -> None:
 def test_identity_file_is_written_and_checked(root: Path) -> None:
     ident = (root / "identity").read_text()
     with Store.open(root) as s:
-        assert s.store_id in ident and str(s.chunks.seed) in ident
+        assert s.store_id in ident and str(s.ledger.chunks.seed) in ident
     (root / "identity").unlink()  # a store from before identity files
     with Store.open(root) as s:
         assert s.verify().ok
@@ -522,5 +522,5 @@ def test_inspect_reads_the_meta_pages_of_a_real_file(root: Path) -> None:
     assert newest.page_size == os.sysconf("SC_PAGE_SIZE")
     assert df.size == newest.needed
     with Store.open(root) as s:
-        info = s.kv.env.info()  # type: ignore[attr-defined]
+        info = s.ledger.kv.env.info()  # type: ignore[attr-defined]
         assert newest.last_pgno == info["last_pgno"] and newest.txnid == info["last_txnid"]

@@ -80,13 +80,13 @@ def statuses(run: Run) -> dict[str, str]:
 def count_commits(store: Store) -> list[int]:
     """Count durable ledger commits by wrapping the KV's write (a back door)."""
     counter = [0]
-    original = store.kv.write
+    original = store.ledger.kv.write
 
     def write(fn: Callable[[Any], Any]) -> Any:
         counter[0] += 1
         return original(fn)
 
-    store.kv.write = write  # type: ignore[method-assign]
+    store.ledger.kv.write = write  # type: ignore[method-assign]
     return counter
 
 
@@ -428,7 +428,7 @@ def test_a_collected_chunk_is_not_a_cache_hit(store: Store) -> None:
         for d in digests:
             txn.delete("chunks", d)
 
-    store.kv.write(drop)
+    store.ledger.kv.write(drop)
     run = store.run(chain)
     assert run.steps["load"].status == "completed"
     assert run.steps["load"].cache_miss_reason == "outputs deleted or collected"

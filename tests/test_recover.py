@@ -223,11 +223,11 @@ def test_recover_a_truncated_ledger(built: Built, keep: float) -> None:
 def _event_locations(data: Path, store_root: Path, seq: int) -> list[int]:
     """Offsets in the data file of every copy of event ``seq``'s stored bytes."""
     with Store.open(store_root) as s:
-        txn = s.kv.read()
+        txn = s.ledger.kv.read()
         try:
             raw = txn.get("events", seq.to_bytes(8, "big"))
         finally:
-            s.kv.end_read(txn)
+            s.ledger.kv.end_read(txn)
     assert raw is not None
     blob = data.read_bytes()
     out, i = [], blob.find(raw)

@@ -19,17 +19,18 @@ from engine import (
     StoreError,
     StoreFormatError,
 )
+from engine.ledger.artifacts import commit_artifacts, prepare
 from engine.projections import PROJECTION_DBS
 from engine.storage.kv import LmdbKV
 from engine.storage.log import register_upcaster, seq_key
 
 
 def dump_projections(store: Store) -> dict[str, list[tuple[bytes, bytes]]]:
-    txn = store.kv.read()
+    txn = store.ledger.kv.read()
     try:
         return {db: list(txn.scan(db)) for db in PROJECTION_DBS}
     finally:
-        store.kv.end_read(txn)
+        store.ledger.kv.end_read(txn)
 
 
 def pack_bytes(path: Path) -> int:
@@ -156,9 +157,9 @@ def test_random_data_is_stored_raw(store: Store) -> None:
     from engine.storage.chunks import CODEC_RAW, ChunkRecord
 
     store.save_artifact(np.random.default_rng(4).random(1 << 18), "noise")
-    txn = store.kv.read()
+    txn = store.ledger.kv.read()
     codecs = [ChunkRecord.unpack(v).codec for _, v in txn.scan("chunks")]
-    store.kv.end_read(txn)
+    store.ledger.kv.end_read(txn)
     assert codecs.count(CODEC_RAW) >= len(codecs) - 1
 
 
@@ -198,9 +199,9 @@ def test_upcaster_reads_old_schema(disk_store: Store) -> None:
     from engine.storage import log
 
     def write_old(txn: object) -> None:
-        disk_store.log.append(txn, [("test.legacy", {"old_name": 5})])  # type: ignore[arg-type]
+        disk_store.ledger.log.append(txn, [("test.legacy", {"old_name": 5})])  # type: ignore[arg-type]
 
-    disk_store.kv.write(write_old)
+    disk_store.ledger.kv.write(write_old)
     try:
 
         @register_upcaster("test.legacy", 1)
@@ -236,9 +237,9 @@ def test_flipped_pack_byte_names_the_artifact(tmp_path: Path) -> None:
         victim = s.get_artifact("victim")
         from engine.storage.chunks import ChunkRecord
 
-        txn = s.kv.read()
+        txn = s.ledger.kv.read()
         rec = ChunkRecord.unpack(txn.get("chunks", victim.record()["files"][0][3][1]))
-        s.kv.end_read(txn)
+        s.ledger.kv.end_read(txn)
         assert rec.loc is not None
         pack = tmp_path / "s" / "packs" / f"{rec.loc[0]}.pack"
         with open(pack, "r+b") as f:
@@ -258,7 +259,7 @@ def test_flipped_pack_byte_names_the_artifact(tmp_path: Path) -> None:
 def test_torn_pack_tail_is_truncated_on_open(tmp_path: Path) -> None:
     with Store.open(tmp_path / "s") as s:
         s.save_artifact(np.arange(10_000), "a")
-        ends = s.segment_ends()
+        ends = s.ledger.container_state()
     name, end = next(iter(ends.items()))
     pack = tmp_path / "s" / "packs" / f"{name}.pack"
     with open(pack, "ab") as f:
@@ -278,7 +279,7 @@ def test_tampered_event_breaks_the_chain(tmp_path: Path) -> None:
             raw = txn.get("events", seq_key(2))  # type: ignore[attr-defined]
             txn.put("events", seq_key(2), raw.replace(b"\x01", b"\x02", 1))  # type: ignore[attr-defined]
 
-        s.kv.write(tamper)
+        s.ledger.kv.write(tamper)
         report = s.verify()
         assert not report.ok
         assert any("event 3" in p and "chain" in p for p in report.problems)
@@ -391,12 +392,13 @@ def test_store_dir_and_secret_permissions(tmp_path: Path) -> None:
 
 def test_one_batch_cannot_give_a_version_twice(store: Store) -> None:
     head = store.head
-    first = store.prepare(1, "batch", version=7)
-    second = store.prepare(2, "batch", version=7)
+    first = prepare(store.ledger, 1, "batch", version=7)
+    second = prepare(store.ledger, 2, "batch", version=7)
     with pytest.raises(InvalidArgumentError, match="already has version 7"):
-        store.commit_artifacts([first, second])
+        commit_artifacts(store.ledger, [first, second])
     assert store.head == head
-    assert [a.version for a in store.commit_artifacts([store.prepare(3, "batch")])] == [1]
+    done = commit_artifacts(store.ledger, [prepare(store.ledger, 3, "batch")])
+    assert [d["version"] for d in done] == [1]
 
 
 def test_find_by_content_across_names(store: Store) -> None:

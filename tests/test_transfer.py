@@ -57,11 +57,11 @@ def chain(n: int = 1000, k: float = 2.0) -> None:
 
 def snapshot(store: Store) -> dict[str, Any]:
     """Everything an import must leave alone when it refuses a stream."""
-    txn = store.kv.read()
+    txn = store.ledger.kv.read()
     try:
         dbs = {db: list(txn.scan(db)) for db in (*PROJECTION_DBS, "events", "chunks", "meta")}
     finally:
-        store.kv.end_read(txn)
+        store.ledger.kv.end_read(txn)
     packs = {}
     if store.path is not None:
         packs = {p.name: p.read_bytes() for p in (store.path / "packs").glob("*")}

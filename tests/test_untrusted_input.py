@@ -370,19 +370,19 @@ def _raw_append(store: Store, records: list[tuple[str, dict[str, Any], int]]) ->
     (which kept no time order) could have written them."""
 
     def fn(txn: Txn) -> None:
-        seq = store.log.head(txn)
-        prev = store.log.head_hash(txn)
+        seq = store.ledger.log.head(txn)
+        prev = store.ledger.log.head_hash(txn)
         for etype, data, ts in records:
             seq += 1
             raw = pack({"type": etype, "v": 1, "ts": ts, "data": data, "prev": prev})
             txn.put("events", seq_key(seq), raw)
             prev = chain(prev, raw)
-            apply(txn, next(store.log.read(txn, seq, seq + 1)))
+            apply(txn, next(store.ledger.log.read(txn, seq, seq + 1)))
         txn.put("meta", b"head_seq", seq_key(seq))
         txn.put("meta", b"head_hash", prev)
         txn.delete("meta", b"ts_order")
 
-    store.kv.write(fn)
+    store.ledger.kv.write(fn)
 
 
 def _written(store: Store, name: str) -> dict[str, Any]:
@@ -415,14 +415,14 @@ def test_as_of_a_time_on_an_old_ordered_log_is_checked_once(tmp_path: Path) -> N
         _raw_append(
             s, [("artifact.written", _written(s, f"a{i}"), t0 + i * 10**9) for i in range(1, 6)]
         )
-        txn = s.kv.read()
+        txn = s.ledger.kv.read()
         assert txn.get("meta", b"ts_order") is None
-        s.kv.end_read(txn)
+        s.ledger.kv.end_read(txn)
         at = dt.datetime.fromtimestamp((t0 + 3.5 * 10**9) / 1e9)
         assert [a.name for a in s.as_of(at).list_artifacts()] == ["seed", "a1", "a2", "a3"]
-        txn = s.kv.read()
-        assert s.log.ts_order(txn)[1] == s.head  # known ordered: binary search from now on
-        s.kv.end_read(txn)
+        txn = s.ledger.kv.read()
+        assert s.ledger.log.ts_order(txn)[1] == s.head  # known ordered: binary search from now on
+        s.ledger.kv.end_read(txn)
         s.save_artifact(1, "more")
         assert [a.name for a in s.as_of(at).list_artifacts()] == ["seed", "a1", "a2", "a3"]
 
@@ -454,13 +454,13 @@ class NamedMaterializer(BaseMaterializer):
 def _count_digests(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """A counter of the destination's seeded chunk hashing (the chunk write path)."""
     calls: list[int] = []
-    real = store.chunks.digest
+    real = store.ledger.chunks.digest
 
     def counting(data: Any) -> bytes:
         calls.append(len(memoryview(data)))
         return real(data)
 
-    monkeypatch.setattr(store.chunks, "digest", counting)
+    monkeypatch.setattr(store.ledger.chunks, "digest", counting)
     return calls
 
 
@@ -635,7 +635,7 @@ def test_export_files_of_an_old_artifact_with_a_name_clash(store: Store, tmp_pat
         files=files,
         content_hash=content_hash([FileEntry.from_record(f) for f in files]),
     )
-    store.commit(lambda txn: [("artifact.written", data)])
+    store.ledger.commit(lambda txn: [("artifact.written", data)])
     out = tmp_path / "out"
     with pytest.raises(MaterializerError, match="cannot be written as a directory tree") as e:
         store.get_artifact("tree").export_files(out)

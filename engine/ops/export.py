@@ -53,7 +53,7 @@ def _selection(store: Store, names: list[str], upto: int) -> tuple[set[str], set
                 "`artledger artifacts` lists them"
             )
         queue += [a.id for a in found]
-    with store._read() as txn:
+    with store.catalog._read() as txn:
         while queue:
             aid = queue.pop()
             if aid in arts:
@@ -127,7 +127,7 @@ def export_stream(
             }
             w.frame(b"H", pack(header))
             with store.ledger.kv.snapshot() as txn:
-                for seq, raw in store.log.read_raw(txn, 1, upto + 1):
+                for seq, raw in store.ledger.log.read_raw(txn, 1, upto + 1):
                     env = unpack(raw)
                     etype, data = env["type"], env["data"]
                     if etype == STORE_CREATED:
@@ -179,12 +179,12 @@ def _exportmanifests(
         for digest in frec[3]:
             key = emitted.get(digest)
             if key is None:
-                if store.chunks.lookup(digest) is None:
+                if store.ledger.chunks.lookup(digest) is None:
                     key = absent_key(digest)
                     w.frame(b"A", key)
                     report.absent += 1
                 else:
-                    chunk = store.chunks.read_chunk(digest, label)
+                    chunk = store.ledger.chunks.read_chunk(digest, label)
                     key = xxhash.xxh3_128(chunk).digest()
                     w.frame(b"C", key, chunk)
                     report.chunks += 1

@@ -176,7 +176,7 @@ def import_stream(
     plan = scan(src, allow_absent=allow_absent, check_clock=not preserve_trust, progress=progress)
     report.chunks_in_stream = len(plan.chunks)
     store.flush()
-    with store._read() as txn:
+    with store.catalog._read() as txn:
         everything, clash = _preflight(store, plan, txn)
         if clash is None:
             _renumber(txn, plan)
@@ -193,10 +193,10 @@ def import_stream(
     from materializers.cloudpickle_materializer import resign_pickles
 
     resign = trust_pickles and not preserve_trust
-    session = store.chunks.session()
+    session = store.ledger.chunks.session()
     resigned: dict[str, dict[str, Any]] = {}  # artifact id -> its state, signed again
     with session, ChunkSource(src, plan.chunks) as source, open(src, "rb") as f:
-        chunks = Rechunker(session, source, store.chunks.chunk_size)
+        chunks = Rechunker(session, source, store.ledger.chunks.chunk_size)
 
         def files() -> Iterator[FileEntry]:
             n_done = 0
@@ -208,7 +208,9 @@ def import_stream(
                 if resign:
                     state = _deep_copy(d["state"])
                     entries = {r[0]: FileEntry.from_record(r) for r in d["files"]}
-                    sf = StreamFiles(source, entries, state, store._secret, store._secret_problem)
+                    sf = StreamFiles(
+                        source, entries, state, store.ledger.secret, store.ledger.secret_problem
+                    )
                     signed = resign_pickles(sf)
                     if signed:
                         resigned[d["id"]] = state
@@ -253,7 +255,7 @@ def import_stream(
 
             def append() -> None:
                 nonlocal first, last
-                for ev in store.log.append_raw(txn, batch):
+                for ev in store.ledger.log.append_raw(txn, batch):
                     apply(txn, ev)
                     first, last = first or ev.seq, ev.seq
                 batch.clear()

@@ -115,7 +115,7 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
         store.flush()
     except ArtledgerError as e:
         report.problems.append(f"deferred events could not be committed: {e}")
-    kv = store.kv
+    kv = store.ledger.kv
     where = f"the ledger at {getattr(kv, 'path', 'memory')}"
 
     def stage(what: str, fn: Callable[[Txn], None]) -> None:
@@ -135,10 +135,10 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
     live: dict[bytes, list[str]] = {}
 
     def events(txn: Txn) -> None:
-        head = store.log.head(txn)
+        head = store.ledger.log.head(txn)
         report.checked["events"] = head
         report.problems.extend(
-            store.log.verify(
+            store.ledger.log.verify(
                 txn, None if progress is None else (lambda n: progress("events", n, head))
             )
         )
@@ -170,7 +170,7 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
                 continue
             if rec.loc is not None:
                 try:
-                    problem = store.blobs.check(rec.loc, digest, rec.codec, rec.raw_len)
+                    problem = store.ledger.blobs.check(rec.loc, digest, rec.codec, rec.raw_len)
                 except ArtledgerError as e:
                     report.problems.append(f"chunk {digest.hex()} ({who}): {e}")
                     continue
@@ -178,7 +178,7 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
                     report.problems.append(f"{problem} ({who})")
             try:
                 buf = bytearray(rec.raw_len)
-                store.chunks.decode_into(digest, rec, memoryview(buf), who)
+                store.ledger.chunks.decode_into(digest, rec, memoryview(buf), who)
             except ArtledgerError as e:
                 report.problems.append(str(e))
             if progress is not None and n % 64 == 0:
@@ -196,7 +196,7 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
                     return True
             return False
 
-        found = store.blobs.check_containers(state, referenced)
+        found = store.ledger.blobs.check_containers(state, referenced)
         if found is not None:
             report.problems += found.problems
             report.notes += found.notes
@@ -206,7 +206,7 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
         # Projections against a fresh fold.
         fresh = MemoryKV()
         w = fresh.unsafe_writer()
-        fold(w, store.log.read(txn))
+        fold(w, store.ledger.log.read(txn))
         ftxn = fresh.read()
         for db in PROJECTION_DBS:
             try:
@@ -227,10 +227,10 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
     stage("re-read every chunk", chunks)
     stage("check the pack files", packs)
     stage("compare the projections with a fresh fold of the log", projections)
-    if store._secret_problem:
-        report.problems.append(store._secret_problem)
-    if store._identity_problem:
-        report.problems.append(store._identity_problem)
+    if store.ledger.secret_problem:
+        report.problems.append(store.ledger.secret_problem)
+    if store.ledger.identity_problem:
+        report.problems.append(store.ledger.identity_problem)
     if fix:
         if any(p.startswith("projection") for p in report.problems):
             try:
@@ -238,7 +238,7 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
                 report.fixed.append("projections rebuilt from the log")
             except ArtledgerError as e:
                 report.problems.append(f"the projections could not be rebuilt: {e}")
-        report.fixed += store._recover_packs()
+        report.fixed += store.ledger.recover_blobs()
     return report
 
 
@@ -267,7 +267,7 @@ def gc(store: Store, *, dry_run: bool = False, explain: bool = False) -> GcRepor
     report = GcReport(dry_run=dry_run)
     store.flush()
     if dry_run:
-        with store.kv.snapshot() as txn:
+        with store.ledger.kv.snapshot() as txn:
             _classify(txn, report, explain)
         return report
 
@@ -288,9 +288,9 @@ def gc(store: Store, *, dry_run: bool = False, explain: bool = False) -> GcRepor
             )
         ]
 
-    store.commit(sweep)
+    store.ledger.commit(sweep)
     failpoints.hit("gc.after_index_commit")
-    blobs = store.blobs
+    blobs = store.ledger.blobs
     if blobs.supports_deletes:
         for loc in dead_locs:
             blobs.delete(loc)
@@ -329,7 +329,7 @@ def _compact(store: Store, blobs: BlobStore, report: GcReport) -> None:
     behind. Segments with no live chunk go first (they need no room); the
     rest are rewritten only when the disk has room for their live bytes.
     Files are deleted only after the index commit that stopped using them."""
-    with store._read() as txn:
+    with store.catalog._read() as txn:
         ends, live_bytes, _ = _pack_layout(txn)
     candidates = [n for n in ends if _worth_compacting(n, ends, live_bytes)]
     candidates += [n for n in blobs.containers() if n not in ends]  # orphans
@@ -338,14 +338,14 @@ def _compact(store: Store, blobs: BlobStore, report: GcReport) -> None:
     with blobs.claimed(candidates) as held:
         if not held:
             return
-        with store._read() as txn:
+        with store.catalog._read() as txn:
             ends, live_bytes, members = _pack_layout(txn)
         orphans = [n for n in held if n not in ends]
         victims = [n for n in held if _worth_compacting(n, ends, live_bytes)]
         empty = [n for n in victims if not members.get(n)]
         full = [n for n in victims if members.get(n)]
         if empty or orphans:
-            store.commit(_forget_segments(empty))
+            store.ledger.commit(_forget_segments(empty))
             failpoints.hit("gc.before_delete_files")
             for name in empty + orphans:
                 blobs.delete_container(name)
@@ -365,7 +365,7 @@ def _compact(store: Store, blobs: BlobStore, report: GcReport) -> None:
             return
         failpoints.hit("gc.before_compact_copy")
         moved: dict[bytes, Location] = {}
-        copies = store.chunks.session()
+        copies = store.ledger.chunks.session()
         for name in full:
             for digest, rec in members[name]:
                 assert rec.loc is not None  # members are chunks with a location
@@ -382,7 +382,7 @@ def _compact(store: Store, blobs: BlobStore, report: GcReport) -> None:
                     txn.put("chunks", digest, rec.pack())
             return _forget_segments(full)(txn)
 
-        store.commit(relink, [copies])
+        store.ledger.commit(relink, [copies])
         failpoints.hit("gc.before_delete_files")
         for name in full:
             blobs.delete_container(name)

@@ -393,7 +393,7 @@ def _check(cls: type[Store], root: Path, report: RecoverReport) -> None:
         report.problems.append(f"the recovered store does not open: {e}")
         return
     with store:
-        with store.kv.snapshot() as txn:
+        with store.ledger.kv.snapshot() as txn:
             referenced: set[bytes] = set()
             for _, raw in txn.scan("artifacts"):
                 rec = record(raw, "artifacts")

@@ -60,10 +60,8 @@ class Dump:
 
 
 def _child_env() -> dict[str, str]:
-    import engine
-
     env = dict(os.environ)
-    parent = str(Path(engine.__file__).resolve().parent.parent)
+    parent = str(Path(__file__).resolve().parents[2])  # the directory holding engine/
     env["PYTHONPATH"] = os.pathsep.join(p for p in (parent, env.get("PYTHONPATH")) if p)
     return env
 

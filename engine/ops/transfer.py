@@ -98,8 +98,6 @@ def copy_history(
     re-addressed under the new store's seed. The new store shares this store's
     secret (copied, mode 0600), so signed pickles stay loadable and untrusted
     ones stay untrusted. Returns the opened new store and the import report."""
-    from engine.store import Store
-
     dest = Path(into)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise StoreError(f"{dest} exists and is not empty; `--into` creates a new store")
@@ -117,7 +115,9 @@ def copy_history(
     tmp = dest / ".replay-stream"
     try:
         export_stream(store, tmp, upto=upto, progress=progress)
-        new = Store.open(dest, chunk_size=store.chunks.chunk_size, level=store.chunks.level)
+        new = type(store).open(
+            dest, chunk_size=store.ledger.chunks.chunk_size, level=store.ledger.chunks.level
+        )
         try:
             report = import_stream(
                 new, tmp, preserve_trust=True, allow_absent=True, progress=progress

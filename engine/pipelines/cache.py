@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.projections.keys import cache_index_key
 from engine.projections.records import record
+from engine.query.catalog import HasCatalog
 from engine.storage.kv import Txn
 
 if TYPE_CHECKING:
@@ -97,13 +98,14 @@ def lookup_in(
 
 
 def lookup(
-    catalog: Catalog, cache_key: str, *, expires_after: _dt.timedelta | None = None
+    source: Catalog | HasCatalog, cache_key: str, *, expires_after: _dt.timedelta | None = None
 ) -> StepRun | None:
-    """The step run a step with ``cache_key`` would reuse on ``catalog`` (a store
-    or an ``as_of`` view), or None. Chunk presence is always checked against the
-    live chunk index (bytes are physical, not historical)."""
+    """The step run a step with ``cache_key`` would reuse on ``source`` (a store,
+    its catalog or an ``as_of`` view), or None. Chunk presence is always checked
+    against the live chunk index (bytes are physical, not historical)."""
     from engine.query.models import StepRun
 
+    catalog = source.catalog if isinstance(source, HasCatalog) else source
     with catalog._read() as txn:
         live = catalog.chunks.kv
         if live is catalog.kv:

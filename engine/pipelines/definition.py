@@ -59,6 +59,20 @@ def _check_label(kind: str, name: Any) -> str:
 # --------------------------------------------------------------------------- outputs
 
 
+def _no_active_store() -> Any:
+    raise PipelineError("no active store: import engine (engine.api sets the active store)")
+
+
+# Calling a pipeline runs it on the active store. engine.api, a layer above,
+# installs its ``active_store`` here when it is imported (engine/__init__ does).
+_active_store: list[Callable[[], Any]] = [_no_active_store]
+
+
+def set_active_store(fn: Callable[[], Any]) -> None:
+    """Install the function that gives the store a called pipeline runs on."""
+    _active_store[0] = fn
+
+
 class OutputSpec(NamedTuple):
     """A step's declared outputs, read from its return annotation.
 
@@ -427,10 +441,8 @@ class Pipeline:
         return dag
 
     def __call__(self, *args: Any, enable_cache: bool | None = None, **kwargs: Any) -> Run:
-        from engine.api import active_store
-
         params = self.bind(args, kwargs)
-        run: Run = active_store().run(self, enable_cache=enable_cache, **params)
+        run: Run = _active_store[0]().run(self, enable_cache=enable_cache, **params)
         return run
 
     def __repr__(self) -> str:

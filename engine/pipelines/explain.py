@@ -19,7 +19,7 @@ from engine.projections.records import record
 from engine.storage.kv import Txn
 
 if TYPE_CHECKING:
-    from engine.query.catalog import Catalog
+    from engine.query.catalog import Catalog, HasCatalog
     from engine.query.lineage import LineageGraph
     from engine.query.models import Run, StepRun
 
@@ -88,11 +88,15 @@ def explain(step_run: StepRun) -> list[str]:
     return [reason] if reason else []
 
 
-def run_graph(catalog: Catalog, run: Run | str) -> LineageGraph:
+def run_graph(source: Catalog | HasCatalog, run: Run | str) -> LineageGraph:
     """A run's DAG: its step runs (executed, cached, failed or skipped) and the
-    artifact versions they read and wrote, edges in data-flow direction."""
+    artifact versions they read and wrote, edges in data-flow direction
+    (``source``: a store, its catalog or an ``as_of`` view)."""
+    from engine.query.catalog import HasCatalog
     from engine.query.lineage import LineageGraph
     from engine.query.models import Run
+
+    catalog = source.catalog if isinstance(source, HasCatalog) else source
 
     r = run if isinstance(run, Run) else catalog.get_run(run)
     g = LineageGraph(r.id, "run")

@@ -153,7 +153,7 @@ class _Runner:
         # Every event of this run comes after the current head: explanations compare
         # with step runs recorded before it, never with this run's own.
         self.first_seq = self.store.head + 1
-        self.store.defer(
+        self.store.ledger.defer(
             [
                 (
                     "run.started",
@@ -175,7 +175,7 @@ class _Runner:
             except BaseException as exc:
                 self.fail(p, i, exc)
                 raise
-        self.store.commit(lambda txn: [("run.completed", {"id": self.run_id})])
+        self.store.ledger.commit(lambda txn: [("run.completed", {"id": self.run_id})])
 
     def fail(self, p: _Plan, index: int, exc: BaseException) -> None:
         records: list[tuple[str, dict[str, Any]]] = []
@@ -207,7 +207,7 @@ class _Runner:
                 )
             )
         records.append(("run.failed", {"id": self.run_id, "error": _error(exc)}))
-        self.store.commit(lambda txn: records)
+        self.store.ledger.commit(lambda txn: records)
 
     def step(self, p: _Plan) -> None:
         inv, st = p.inv, p.inv.step
@@ -228,14 +228,14 @@ class _Runner:
             "cache_key": key,
         }
         store = self.store
-        with store.kv.snapshot() as txn:
+        with store.ledger.kv.snapshot() as txn:
             if not p.caching:
                 reasons = [CACHE_DISABLED]
             else:
                 assert components is not None and key is not None
                 found = lookup_in(txn, txn, key, st.cache_expires_after)
                 if found.record is not None and found.outputs is not None:
-                    store.defer(
+                    store.ledger.defer(
                         [
                             (
                                 "step.cached",
@@ -257,7 +257,7 @@ class _Runner:
                     reasons = miss_reasons(
                         txn, st.name, self.pipeline, inv.id, components, self.first_seq
                     )
-        store.defer(
+        store.ledger.defer(
             [
                 (
                     "step.started",

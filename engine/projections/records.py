@@ -12,24 +12,14 @@ naming the ledger and the way out, never a ``UnicodeDecodeError`` or a
 from __future__ import annotations
 
 import contextlib
-import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
 
 from engine.errors import ArtledgerError, IntegrityError
+from engine.storage.damage import DECODE_ERRORS as DECODE_ERRORS
 
-# What decoding or reading a damaged record raises.
-DECODE_ERRORS: tuple[type[Exception], ...] = (
-    ValueError,  # msgpack's errors, UnicodeDecodeError
-    msgpack.UnpackException,
-    KeyError,
-    TypeError,
-    IndexError,
-    AttributeError,
-    struct.error,
-)
 # The keys every reader of a projection record relies on.
 REQUIRED: dict[str, tuple[str, ...]] = {
     "artifacts": (

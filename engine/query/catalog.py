@@ -12,7 +12,7 @@ import itertools
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from engine.errors import (
     ArtifactNotFoundError,
@@ -382,6 +382,14 @@ def _run_record(txn: Txn, raw: bytes) -> dict[str, Any]:
 def _stored_bytes(txn: Txn) -> int:
     raw = txn.get("meta", b"stored_bytes")
     return 0 if raw is None else int.from_bytes(raw, "big")
+
+
+@runtime_checkable
+class HasCatalog(Protocol):
+    """Something that answers queries through a :class:`Catalog` (a ``Store``)."""
+
+    @property
+    def catalog(self) -> Catalog: ...
 
 
 def _always_open() -> None:

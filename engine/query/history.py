@@ -28,10 +28,10 @@ def _seq_at(store: Store, when: _dt.datetime) -> int:
     if when.tzinfo is None:
         when = when.astimezone()
     target = int(when.timestamp() * 1e9)
-    with store.kv.snapshot() as txn:
-        seq, found_ordered = store.log.seq_at(txn, target)
+    with store.ledger.kv.snapshot() as txn:
+        seq, found_ordered = store.ledger.log.seq_at(txn, target)
     if found_ordered:  # an old log, checked once: binary search from now on
-        store.kv.write(store.log.mark_ordered)
+        store.ledger.kv.write(store.ledger.log.mark_ordered)
     return seq
 
 
@@ -41,9 +41,9 @@ class HistoricalView(Catalog):
     def __init__(self, store: Store, seq: int, kv: MemoryKV) -> None:
         super().__init__(
             kv,
-            store.chunks,
-            secret=store._secret,
-            secret_problem=store._secret_problem,
+            store.ledger.chunks,
+            secret=store.ledger.secret,
+            secret_problem=store.ledger.secret_problem,
         )
         self.store = store
         self.seq = seq
@@ -63,13 +63,13 @@ class HistoricalView(Catalog):
             raise InvalidArgumentError(f"as_of({seq}): the log holds events 1..{head}")
         kv = MemoryKV()
         w = kv.unsafe_writer()
-        with store.kv.snapshot() as txn:
+        with store.ledger.kv.snapshot() as txn:
             for key in (b"format", b"seed", b"store_id"):
                 v = txn.get("meta", key)
                 if v is not None:
                     w.put("meta", key, v)
             # The chunk index is physical, not historical: reads resolve chunks live.
-            fold(w, store.log.read(txn, 1, seq + 1))
+            fold(w, store.ledger.log.read(txn, 1, seq + 1))
         if seq:
             w.put("meta", b"head_seq", seq_key(seq))
         return cls(store, seq, kv)

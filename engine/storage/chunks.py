@@ -27,7 +27,6 @@ import msgpack
 import xxhash
 
 from engine.errors import IntegrityError
-from engine.projections.records import DECODE_ERRORS
 from engine.storage.blobs import BlobStore, Location
 from engine.storage.codecs import (
     CODEC_RAW,
@@ -38,6 +37,7 @@ from engine.storage.codecs import (
     codec,
     worth_compressing,
 )
+from engine.storage.damage import DECODE_ERRORS
 from engine.storage.kv import KV
 
 __all__ = [

@@ -13,6 +13,8 @@ pytest collects the tests::
 
 - :mod:`engine.testing.kv`: ``KVContract``, for a :class:`~engine.storage.kv.KV`.
 - :mod:`engine.testing.log`: ``LogContract``, the event log over a KV backend.
+- :mod:`engine.testing.blobs`: ``BlobStoreContract``, for a
+  :class:`~engine.storage.blobs.BlobStore` (hooks exercised by capability flag).
 
 The suites use pytest's ``tmp_path`` fixture and import pytest only inside
 the tests that need it, so importing them does not need pytest installed.
