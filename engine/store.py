@@ -17,6 +17,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import ArtifactNotFoundError, InvalidArgumentError
+from engine.events import (
+    ARTIFACT_DELETED,
+    ARTIFACT_TAGGED,
+    ARTIFACT_UNTAGGED,
+    METADATA_LOGGED,
+    RUN_DELETED,
+)
 from engine.ledger.artifacts import check_tags, commit_artifacts, plain, prepare
 from engine.ledger.core import Ledger, _ChunkGoneError, retry_on_concurrent_gc
 from engine.ledger.core import record_container_state as record_segment_ends
@@ -267,13 +274,13 @@ class Store:
     def tag(self, art: ArtifactVersion | str, *tags: str) -> ArtifactVersion:
         """Add tags to an artifact version."""
         a = self._resolve(art)
-        self._events([("artifact.tagged", {"id": a.id, "tags": check_tags(tags)})])
+        self._events([(ARTIFACT_TAGGED, {"id": a.id, "tags": check_tags(tags)})])
         return self.get_artifact_by_id(a.id)
 
     def untag(self, art: ArtifactVersion | str, *tags: str) -> ArtifactVersion:
         """Remove tags from an artifact version."""
         a = self._resolve(art)
-        self._events([("artifact.untagged", {"id": a.id, "tags": check_tags(tags)})])
+        self._events([(ARTIFACT_UNTAGGED, {"id": a.id, "tags": check_tags(tags)})])
         return self.get_artifact_by_id(a.id)
 
     def log_metadata(
@@ -283,20 +290,20 @@ class Store:
         a = self._resolve(art)
         if not isinstance(metadata, Mapping):
             raise InvalidArgumentError("metadata must be a mapping of str to plain values")
-        self._events([("metadata.logged", {"id": a.id, "metadata": plain(dict(metadata))})])
+        self._events([(METADATA_LOGGED, {"id": a.id, "metadata": plain(dict(metadata))})])
         return self.get_artifact_by_id(a.id)
 
     def delete_artifact(self, art: ArtifactVersion | str) -> None:
         """Tombstone an artifact version; its bytes stay until :meth:`gc`."""
         a = self._resolve(art)
-        self._events([("artifact.deleted", {"id": a.id})])
+        self._events([(ARTIFACT_DELETED, {"id": a.id})])
 
     def delete_run(self, run: Run | str) -> None:
         """Tombstone a run (its artifacts stay; delete them separately)."""
         r = self.get_run(run.id if isinstance(run, Run) else run)
         if r.deleted:
             return
-        self._events([("run.deleted", {"id": r.id})])
+        self._events([(RUN_DELETED, {"id": r.id})])
 
     # -- maintenance ---------------------------------------------------------------
     def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:

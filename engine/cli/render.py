@@ -13,6 +13,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.events import (
+    ARTIFACT_TAGGED,
+    ARTIFACT_UNTAGGED,
+    ARTIFACT_WRITTEN,
+    GC_COMPLETED,
+    RUN_STARTED,
+)
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -197,15 +205,15 @@ def fmt_status(status: str) -> str:
 
 def summary(e: Event) -> str:
     d = e.data
-    if e.type == "artifact.written":
+    if e.type == ARTIFACT_WRITTEN:
         return f"{d.get('name')}:{d.get('version')}  id {d.get('id')}  {fmt_size(d.get('size', 0))}"
-    if e.type in ("artifact.tagged", "artifact.untagged"):
+    if e.type in (ARTIFACT_TAGGED, ARTIFACT_UNTAGGED):
         return f"id {d.get('id')}  tags {', '.join(d.get('tags', []))}"
-    if e.type == "run.started":
+    if e.type == RUN_STARTED:
         return f"{d.get('pipeline')}  run {d.get('id')}"
     if e.type.startswith("step."):
         return f"{d.get('invocation', '')}  step run {d.get('id')}  run {d.get('run')}".strip()
-    if e.type == "gc.completed":
+    if e.type == GC_COMPLETED:
         return f"{d.get('chunks')} chunks, {fmt_size(int(d.get('bytes', 0)))} reclaimed"
     if "id" in d:
         return f"id {d['id']}"

@@ -24,6 +24,7 @@ from engine.errors import (
     MaterializerError,
     StoreSecretError,
 )
+from engine.events import ARTIFACT_WRITTEN
 from engine.projections.fold import next_version
 from engine.projections.keys import MAX_VERSION, normalise_version, version_key
 from engine.storage.chunks import WriteSession, content_hash
@@ -199,7 +200,7 @@ def commit_artifacts(
 
     def build(txn: Txn) -> list[tuple[str, dict[str, Any]]]:
         datas[:] = assign_versions(txn, prepared)
-        records = [("artifact.written", d) for d in datas]
+        records = [(ARTIFACT_WRITTEN, d) for d in datas]
         if extra is not None:
             records += extra(datas)
         return records

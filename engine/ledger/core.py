@@ -27,6 +27,7 @@ from engine.errors import (
     StoreError,
     StoreFormatError,
 )
+from engine.events import STORE_CREATED
 from engine.ledger.layout import IDENTITY, Identity, read_identity, write_identity
 from engine.ledger.secret import fingerprint
 from engine.projections import PROJECTION_DBS, apply, fold
@@ -129,7 +130,7 @@ class Ledger:
             txn.put("meta", b"store_id", ident.store_id.encode())
             txn.put("meta", b"secret_fp", ident.secret_fp or fingerprint(self.secret))
             for e in self.log.append(
-                txn, [("store.created", {"store_id": ident.store_id, "format": FORMAT_VERSION})]
+                txn, [(STORE_CREATED, {"store_id": ident.store_id, "format": FORMAT_VERSION})]
             ):
                 apply(txn, e)
 

@@ -36,6 +36,16 @@ from engine.errors import (
     PipelineError,
     UnhashableParameterError,
 )
+from engine.events import (
+    RUN_COMPLETED,
+    RUN_FAILED,
+    RUN_STARTED,
+    STEP_CACHED,
+    STEP_COMPLETED,
+    STEP_FAILED,
+    STEP_SKIPPED,
+    STEP_STARTED,
+)
 from engine.ledger.artifacts import Prepared, commit_artifacts, prepare
 from engine.ledger.core import retry_on_concurrent_gc
 from engine.pipelines.cache import lookup_in
@@ -156,7 +166,7 @@ class _Runner:
         self.store.ledger.defer(
             [
                 (
-                    "run.started",
+                    RUN_STARTED,
                     {
                         "id": self.run_id,
                         "pipeline": self.pipeline,
@@ -175,13 +185,13 @@ class _Runner:
             except BaseException as exc:
                 self.fail(p, i, exc)
                 raise
-        self.store.ledger.commit(lambda txn: [("run.completed", {"id": self.run_id})])
+        self.store.ledger.commit(lambda txn: [(RUN_COMPLETED, {"id": self.run_id})])
 
     def fail(self, p: _Plan, index: int, exc: BaseException) -> None:
         records: list[tuple[str, dict[str, Any]]] = []
         if p.step_run_id is not None:
             records.append(
-                ("step.failed", {"id": p.step_run_id, "run": self.run_id, "error": _error(exc)})
+                (STEP_FAILED, {"id": p.step_run_id, "run": self.run_id, "error": _error(exc)})
             )
             later_plans = self.plans[index + 1 :]
         else:  # failed before it started (e.g. the store could not be read)
@@ -195,7 +205,7 @@ class _Runner:
             )
             records.append(
                 (
-                    "step.skipped",
+                    STEP_SKIPPED,
                     {
                         "id": secrets.token_hex(8),
                         "run": self.run_id,
@@ -206,7 +216,7 @@ class _Runner:
                     },
                 )
             )
-        records.append(("run.failed", {"id": self.run_id, "error": _error(exc)}))
+        records.append((RUN_FAILED, {"id": self.run_id, "error": _error(exc)}))
         self.store.ledger.commit(lambda txn: records)
 
     def step(self, p: _Plan) -> None:
@@ -238,7 +248,7 @@ class _Runner:
                     store.ledger.defer(
                         [
                             (
-                                "step.cached",
+                                STEP_CACHED,
                                 {
                                     **common,
                                     "cache_miss_reason": None,
@@ -260,7 +270,7 @@ class _Runner:
         store.ledger.defer(
             [
                 (
-                    "step.started",
+                    STEP_STARTED,
                     {
                         **common,
                         # A cache hit has its source's components (same key); only
@@ -334,7 +344,7 @@ class _Runner:
             def extra(datas: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
                 return [
                     (
-                        "step.completed",
+                        STEP_COMPLETED,
                         {
                             "id": sid,
                             "run": self.run_id,
