@@ -5,25 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.errors import StoreError
+from engine.projections import STORE_DATABASES
 from engine.storage.kv import KV, LmdbKV, MemoryKV
 from engine.testing.kv import KVContract
 
 
 class TestMemoryKV(KVContract):
     def make_kv(self, tmp_path: Path) -> KV:
-        return MemoryKV()
+        return MemoryKV(STORE_DATABASES)
 
 
 class TestLmdbKV(KVContract):
     def make_kv(self, tmp_path: Path) -> KV:
-        return LmdbKV(tmp_path / "ledger")
+        return LmdbKV(tmp_path / "ledger", STORE_DATABASES)
 
 
 def test_lmdb_kv_writes_named_lmdb_databases(tmp_path: Path) -> None:
     """The back door: what LmdbKV wrote is in LMDB's named databases."""
     import lmdb
 
-    kv = LmdbKV(tmp_path / "ledger")
+    kv = LmdbKV(tmp_path / "ledger", STORE_DATABASES)
     kv.write(lambda t: (t.put("meta", b"k", b"v"), t.put("chunks", b"c", b"d")))
     kv.close()
     env = lmdb.open(str(tmp_path / "ledger"), max_dbs=64, readonly=True, lock=False)
@@ -37,7 +38,7 @@ def test_lmdb_kv_writes_named_lmdb_databases(tmp_path: Path) -> None:
 
 def test_declared_databases(tmp_path: Path) -> None:
     """A KV built with its own list of databases has exactly those."""
-    for kv in (MemoryKV(dbs=["one", "two"]), LmdbKV(tmp_path / "l", dbs=["one", "two"])):
+    for kv in (MemoryKV(["one", "two"]), LmdbKV(tmp_path / "l", ["one", "two"])):
         try:
             assert kv.databases == ("one", "two")
             kv.write(lambda t: t.put("two", b"k", b"v"))

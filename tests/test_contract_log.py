@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.projections import STORE_DATABASES
 from engine.storage.kv import KV, LmdbKV, MemoryKV
 from engine.testing.log import LogContract
 
 
 class TestLogOnMemoryKV(LogContract):
     def make_kv(self, tmp_path: Path) -> KV:
-        return MemoryKV()
+        return MemoryKV(STORE_DATABASES)
 
 
 class TestLogOnLmdbKV(LogContract):
     def make_kv(self, tmp_path: Path) -> KV:
-        return LmdbKV(tmp_path / "ledger")
+        return LmdbKV(tmp_path / "ledger", STORE_DATABASES)

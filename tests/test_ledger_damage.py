@@ -33,6 +33,7 @@ from engine import (
     Store,
     StoreError,
 )
+from engine.projections import STORE_DATABASES
 from engine.storage.kv import LmdbKV, Txn
 from engine.storage.lmdb_file import inspect
 
@@ -155,7 +156,7 @@ def test_creation_killed_after_lmdb_made_its_databases_is_finished(tmp_path: Pat
     root.mkdir(mode=0o700)
     (root / ".creating").touch()
     (root / "secret").write_bytes(os.urandom(32))
-    LmdbKV(root / "ledger").close()
+    LmdbKV(root / "ledger", STORE_DATABASES).close()
     assert inspect(data_file(root)).committed
     with Store.open(root) as s:
         s.save_artifact(1, "x")

@@ -20,7 +20,7 @@ from engine import (
     StoreFormatError,
 )
 from engine.ledger.artifacts import commit_artifacts, prepare
-from engine.projections import PROJECTION_DBS
+from engine.projections import PROJECTION_DBS, STORE_DATABASES
 from engine.storage.kv import LmdbKV
 from engine.storage.log import register_upcaster, seq_key
 
@@ -316,7 +316,7 @@ def test_store_path_that_is_a_file(tmp_path: Path) -> None:
 
 def test_newer_format_is_refused(tmp_path: Path) -> None:
     Store.open(tmp_path / "s").close()
-    kv = LmdbKV(tmp_path / "s" / "ledger")
+    kv = LmdbKV(tmp_path / "s" / "ledger", STORE_DATABASES)
     kv.write(lambda txn: txn.put("meta", b"format", struct.pack(">Q", 99)))
     kv.close()
     with pytest.raises(StoreFormatError, match="newer"):

@@ -22,6 +22,7 @@ from engine.ledger.layout import (
     readonly_reason,
 )
 from engine.ledger.secret import load_secret
+from engine.projections import STORE_DATABASES
 from engine.storage import lmdb_file as ledger_file
 from engine.storage.blobs import MemoryBlobStore, PackBlobStore
 from engine.storage.kv import LmdbKV, MemoryKV
@@ -47,7 +48,7 @@ class Options:
 def memory_ledger(options: Options) -> Ledger:
     """A ledger held in memory (the in-memory twin of the LMDB/packs ledger)."""
     return Ledger(
-        MemoryKV(),
+        MemoryKV(STORE_DATABASES),
         MemoryBlobStore(),
         path=None,
         secret=secrets.token_bytes(32),
@@ -111,7 +112,7 @@ def _open_existing(
     path = root / "ledger"
     secret, problem = load_secret(root, create=create)
     lock = reason is None or lock_usable(path)
-    kv = LmdbKV(path, map_size=options.map_size, readonly=reason, lock=lock)
+    kv = LmdbKV(path, STORE_DATABASES, map_size=options.map_size, readonly=reason, lock=lock)
     blobs: PackBlobStore | None = None
     try:
         blobs = PackBlobStore(root / "packs")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from engine import failpoints
 from engine.errors import ArtledgerError, IntegrityError
 from engine.events import GC_COMPLETED
-from engine.projections import PROJECTION_DBS, fold
+from engine.projections import PROJECTION_DBS, STORE_DATABASES, fold
 from engine.projections.records import DECODE_ERRORS, damage_boundary, manifests, record
 from engine.storage.blobs import BlobStore, Location
 from engine.storage.chunks import ChunkRecord
@@ -204,7 +204,7 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
 
     def projections(txn: Txn) -> None:
         # Projections against a fresh fold.
-        fresh = MemoryKV()
+        fresh = MemoryKV(STORE_DATABASES)
         w = fresh.unsafe_writer()
         fold(w, store.ledger.log.read(txn))
         ftxn = fresh.read()

@@ -55,7 +55,7 @@ from engine.ledger.layout import (
 )
 from engine.ops.recover_events import Chain, check_chain, salvage_ledger
 from engine.ops.recover_packs import Packs, inline_chunks, pick_seed, scan_packs
-from engine.projections import fold
+from engine.projections import STORE_DATABASES, fold
 from engine.projections.records import manifests
 from engine.storage.blobs import PackBlobStore
 from engine.storage.chunks import ChunkRecord
@@ -304,7 +304,7 @@ def _build(
                 apply(txn, ev)
         return n
 
-    kv = LmdbKV(new_dir)
+    kv = LmdbKV(new_dir, STORE_DATABASES)
     try:
         while True:
             try:
@@ -345,7 +345,7 @@ def _import(
     from engine.ops.importing import import_stream
 
     secret, _ = _load_secret(root, create=False)
-    kv = LmdbKV(new_dir)
+    kv = LmdbKV(new_dir, STORE_DATABASES)
     blobs = PackBlobStore(root / "packs")
     store = cls(
         Ledger(

@@ -132,7 +132,7 @@ def walk_ledger(data: Path) -> list[str]:
     (LMDB does not check the sizes stored in its pages), as problem lines."""
     import tempfile
 
-    from engine.storage.kv import DATABASES
+    from engine.projections.schema import STORE_DATABASES as DATABASES
 
     df = ledger_file.inspect(data)
     problem = df.problem()

@@ -10,6 +10,6 @@ from __future__ import annotations
 from engine.projections import artifacts as _artifacts  # noqa: F401 - registers handlers
 from engine.projections import runs as _runs  # noqa: F401 - registers handlers
 from engine.projections.fold import HANDLERS, apply, fold, handles
-from engine.storage.kv import PROJECTION_DBS
+from engine.projections.schema import PROJECTION_DBS, STORE_DATABASES
 
-__all__ = ["HANDLERS", "PROJECTION_DBS", "apply", "fold", "handles"]
+__all__ = ["HANDLERS", "PROJECTION_DBS", "STORE_DATABASES", "apply", "fold", "handles"]

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import InvalidArgumentError
-from engine.projections import fold
+from engine.projections import STORE_DATABASES, fold
 from engine.query.catalog import Catalog
 from engine.storage.kv import MemoryKV
 from engine.storage.log import Event, seq_key
@@ -61,7 +61,7 @@ class HistoricalView(Catalog):
         head = store.head
         if seq < 0 or seq > head:
             raise InvalidArgumentError(f"as_of({seq}): the log holds events 1..{head}")
-        kv = MemoryKV()
+        kv = MemoryKV(STORE_DATABASES)
         w = kv.unsafe_writer()
         with store.ledger.kv.snapshot() as txn:
             for key in (b"format", b"seed", b"store_id"):

@@ -1,7 +1,7 @@
 """``KVContract``: what every :class:`~engine.storage.kv.KV` backend must do.
 
 Subclass it with a ``make_kv(tmp_path)`` returning a new, empty KV declaring
-the engine's databases (:data:`~engine.storage.kv.DATABASES`); for a
+the engine's databases (:data:`~engine.projections.STORE_DATABASES`); for a
 ``persistent`` backend, calling it again with the same ``tmp_path`` (after
 the first one is closed) must reopen the same data. For a ``multi_process``
 backend the subclass must be importable by a child process (a module-level
@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import StoreError
-from engine.storage.kv import DATABASES, KV, Txn
+from engine.projections.schema import STORE_DATABASES as DATABASES
+from engine.storage.kv import KV, Txn
 
 # Keys chosen to test ordering at the byte level (0x00 and 0xff edges, prefixes);
 # the empty key is not among them (LMDB refuses it).

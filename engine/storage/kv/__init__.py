@@ -9,16 +9,14 @@ index, the projections, store metadata) lives in named databases of a
 and nowhere else.
 """
 
-from engine.storage.kv.base import DATABASES, KV, PROJECTION_DBS, Txn
+from engine.storage.kv.base import KV, Txn
 from engine.storage.kv.lmdb import MAX_READERS, NEARLY_FULL, LmdbKV, free_space, is_open_here
 from engine.storage.kv.memory import MemoryKV
 
 __all__ = [
-    "DATABASES",
     "KV",
     "MAX_READERS",
     "NEARLY_FULL",
-    "PROJECTION_DBS",
     "LmdbKV",
     "MemoryKV",
     "Txn",

@@ -21,28 +21,6 @@ from engine.errors import StoreError
 T = TypeVar("T")
 V = TypeVar("V")
 
-# Databases of the projections (dropped and refolded by ``Store.rebuild``).
-PROJECTION_DBS = (
-    "artifacts",
-    "names",
-    "versions",
-    "name_meta",
-    "tags",
-    "content",
-    "counters",
-    "runs",
-    "run_index",
-    "steps",
-    "cache",
-    "consumers",
-    "step_history",
-    "run_steps",
-    "step_components",
-)
-# The engine's databases, the default declaration of every KV: store metadata,
-# the event log, the chunk index, pack segment ends, and the projections.
-DATABASES = ("meta", "events", "chunks", "segments", *PROJECTION_DBS)
-
 
 class Databases(dict[str, V]):
     """A backend's per-database state, keyed by the declared database names;
@@ -56,9 +34,11 @@ class Databases(dict[str, V]):
         )
 
 
-def declared(dbs: Iterable[str] | None) -> tuple[str, ...]:
-    """The database names a KV is built with (``None``: :data:`DATABASES`)."""
-    names = DATABASES if dbs is None else tuple(dbs)
+def declared(dbs: Iterable[str]) -> tuple[str, ...]:
+    """The database names a KV is built with (its owner declares them)."""
+    if isinstance(dbs, str):
+        raise StoreError(f"dbs is a list of database names, not the string {dbs!r}")
+    names = tuple(dbs)
     if len(set(names)) != len(names):
         raise StoreError(f"database names must be unique, got {names!r}")
     for name in names:

@@ -151,7 +151,7 @@ class LmdbKV(KV):
     and makes :meth:`write` raise :class:`ReadOnlyStoreError`; ``lock=False``
     opens it without ``lock.mdb`` (a read-only filesystem: nobody can write).
     New files are created mode 0600 in a directory created mode 0700.
-    ``dbs`` declares the databases (default: the engine's).
+    ``dbs`` declares the databases (a store's: ``engine.projections.STORE_DATABASES``).
     """
 
     persistent = True
@@ -160,11 +160,11 @@ class LmdbKV(KV):
     def __init__(
         self,
         path: Path,
+        dbs: Iterable[str],
         *,
         map_size: int = 64 << 20,
         readonly: str | None = None,
         lock: bool = True,
-        dbs: Iterable[str] | None = None,
     ) -> None:
         import lmdb
 

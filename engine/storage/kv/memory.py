@@ -151,7 +151,7 @@ class MemoryKV(KV):
     persistent = False
     multi_process = False
 
-    def __init__(self, dbs: Iterable[str] | None = None) -> None:
+    def __init__(self, dbs: Iterable[str]) -> None:
         names = declared(dbs)
         self._names = names
         self._view = _View(Databases({name: _MemDB() for name in names}), None)

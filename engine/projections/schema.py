@@ -1,0 +1,25 @@
+"""The databases of a store's KV: the engine's own, and the projections'."""
+
+from __future__ import annotations
+
+# Databases of the projections (dropped and refolded by ``Store.rebuild``).
+PROJECTION_DBS = (
+    "artifacts",
+    "names",
+    "versions",
+    "name_meta",
+    "tags",
+    "content",
+    "counters",
+    "runs",
+    "run_index",
+    "steps",
+    "cache",
+    "consumers",
+    "step_history",
+    "run_steps",
+    "step_components",
+)
+# Every database of a store: its metadata, the event log, the chunk index,
+# the blob store's container state (pack segment ends), and the projections.
+STORE_DATABASES = ("meta", "events", "chunks", "segments", *PROJECTION_DBS)
