@@ -100,34 +100,18 @@ def run_graph(source: Catalog | HasCatalog, run: Run | str) -> LineageGraph:
 
     r = run if isinstance(run, Run) else catalog.get_run(run)
     g = LineageGraph(r.id, "run")
-    g._seen_edges = set()
     with catalog._read() as txn:
         for inv, sid in r.record()["steps"].items():
             raw = txn.get("steps", sid.encode())
             if raw is None:
                 continue
             srec = record(raw, "steps")
-            g.nodes[sid] = {
-                "kind": "step",
-                "name": inv,
-                "step": srec["step"],
-                "status": srec["status"],
-                "run": srec["run"],
-            }
+            g.add_step(srec, name=inv)
             for edge_ids, incoming in ((srec["inputs"], True), (srec["outputs"], False)):
                 for aid in edge_ids.values():
                     araw = txn.get("artifacts", aid.encode())
                     if araw is None:
                         continue
-                    arec = record(araw, "artifacts")
-                    g.nodes.setdefault(
-                        aid,
-                        {
-                            "kind": "artifact",
-                            "name": arec["name"],
-                            "version": arec["version"],
-                            "deleted": arec["deleted"] is not None,
-                        },
-                    )
-                    g._edge(*((aid, sid) if incoming else (sid, aid)))
+                    g.add_artifact(record(araw, "artifacts"))
+                    g.add_edge(*((aid, sid) if incoming else (sid, aid)))
     return g

@@ -28,13 +28,38 @@ class LineageGraph:
         self.direction = direction
         self.nodes: dict[str, dict[str, Any]] = {}
         self.edges: list[tuple[str, str]] = []
+        self._seen_edges: set[tuple[str, str]] = set()
 
-    def _edge(self, src: str, dst: str) -> None:
+    def add_edge(self, src: str, dst: str) -> None:
+        """Add the data-flow edge ``src -> dst`` once."""
         if (src, dst) not in self._seen_edges:
             self._seen_edges.add((src, dst))
             self.edges.append((src, dst))
 
-    _seen_edges: set[tuple[str, str]]
+    def add_artifact(self, rec: dict[str, Any]) -> None:
+        """A node for an artifact version's projection record."""
+        self.nodes.setdefault(
+            rec["id"],
+            {
+                "kind": "artifact",
+                "name": rec["name"],
+                "version": rec["version"],
+                "deleted": rec["deleted"] is not None,
+            },
+        )
+
+    def add_step(self, rec: dict[str, Any], name: str | None = None) -> None:
+        """A node for a step run's projection record (``name``: its invocation)."""
+        self.nodes.setdefault(
+            rec["id"],
+            {
+                "kind": "step",
+                "name": name or rec["invocation"],
+                "step": rec["step"],
+                "status": rec["status"],
+                "run": rec["run"],
+            },
+        )
 
     def to_json(self) -> str:
         return json.dumps(
@@ -84,7 +109,6 @@ def build_lineage(
 ) -> LineageGraph:
     """Breadth-first walk in one read snapshot; ``depth`` counts step hops."""
     g = LineageGraph(art.id, direction)
-    g._seen_edges = set()
     seen: dict[str, dict[str, Any] | None] = {}
     with catalog._read() as txn:
 
@@ -95,15 +119,7 @@ def build_lineage(
             rec = seen[aid] = None if raw is None else record(raw, "artifacts")
             if rec is None:
                 return None
-            g.nodes.setdefault(
-                aid,
-                {
-                    "kind": "artifact",
-                    "name": rec["name"],
-                    "version": rec["version"],
-                    "deleted": rec["deleted"] is not None,
-                },
-            )
+            g.add_artifact(rec)
             return rec
 
         def step(sid: str) -> dict[str, Any] | None:
@@ -111,16 +127,7 @@ def build_lineage(
             if raw is None:
                 return None
             rec = record(raw, "steps")
-            g.nodes.setdefault(
-                sid,
-                {
-                    "kind": "step",
-                    "name": rec["invocation"],
-                    "step": rec["step"],
-                    "status": rec["status"],
-                    "run": rec["run"],
-                },
-            )
+            g.add_step(rec)
             return rec
 
         artifact(art.id)
@@ -138,11 +145,11 @@ def build_lineage(
                 srec = step(sid)
                 if srec is None:
                     continue
-                g._edge(sid, aid)
+                g.add_edge(sid, aid)
                 for in_id in srec["inputs"].values():
                     if artifact(in_id) is None:
                         continue
-                    g._edge(in_id, sid)
+                    g.add_edge(in_id, sid)
                     if in_id not in visited:
                         visited.add(in_id)
                         queue.append((in_id, hops + 1))
@@ -152,11 +159,11 @@ def build_lineage(
                     srec = step(sid)
                     if srec is None:
                         continue
-                    g._edge(aid, sid)
+                    g.add_edge(aid, sid)
                     for out_id in srec["outputs"].values():
                         if artifact(out_id) is None:
                             continue
-                        g._edge(sid, out_id)
+                        g.add_edge(sid, out_id)
                         if out_id not in visited:
                             visited.add(out_id)
                             queue.append((out_id, hops + 1))
