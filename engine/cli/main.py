@@ -676,6 +676,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--dry-run", action="store_true", help="report only")
     sp.add_argument("--explain", action="store_true", help="say why each kept chunk lives")
     add("stats", cmd_stats, "counts and sizes", json_flag=True)
+    from engine.cli import ui
+
+    ui.add_parser(sub)
     return p
 
 
