@@ -24,7 +24,7 @@ EVIL_HTML = (
 CSV = "epoch,loss\n1,0.9\n2,0.5\n3,0.25\n"
 
 
-def png(width: int = 24, height: int = 16) -> bytes:
+def png(width: int = 160, height: int = 90) -> bytes:
     """A valid RGB PNG, a red-to-blue gradient."""
     rows = b"".join(
         b"\x00"
