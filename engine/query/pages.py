@@ -182,14 +182,21 @@ def run_events(catalog: Catalog, run: Run, *, scan: int = 20000) -> list[Event]:
     rid = run.id
     sids = set(run.record()["steps"].values())
     out: list[Event] = []
-    for e in catalog.events(run.seq, run.seq + scan):
-        d = e.data
-        if e.type.startswith("run.") and d.get("id") == rid:
-            out.append(e)
-            if e.type in ("run.completed", "run.failed"):
-                break
-        elif d.get("run") == rid or d.get("id") in sids:
-            out.append(e)
+    pos, end, window = run.seq, run.seq + scan, 64
+    while pos < end:  # growing windows: a short run costs a short read
+        stop = min(end, pos + window)
+        batch = list(catalog.events(pos, stop))
+        for e in batch:
+            d = e.data
+            if e.type.startswith("run.") and d.get("id") == rid:
+                out.append(e)
+                if e.type in ("run.completed", "run.failed"):
+                    return out
+            elif d.get("run") == rid or d.get("id") in sids:
+                out.append(e)
+        if len(batch) < stop - pos:
+            break
+        pos, window = stop, min(window * 2, 4096)
     return out
 
 
