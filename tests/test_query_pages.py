@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+from typing import Any
 
 import pytest
 
@@ -77,7 +78,7 @@ def test_artifact_names_filters_and_pages(store: Store) -> None:
     tagged = q.artifact_names(store, tag="t")[0]
     assert [(a.name, a.version, n) for a, n in tagged] == [("blob", 2, 2)]
     store.delete_artifact(store.get_artifact("blob", 2))
-    assert [(a.version, n) for a, n in q.artifact_names(store, contains="blob")[0]] == [(1, 1)]
+    assert [(a.version, n) for a, n in q.artifact_names(store, contains="blob")[0]] == [(1, 2)]
     assert q.artifact_names(store, tag="u")[0] == []
 
 
@@ -111,3 +112,21 @@ def test_as_of_views_and_times(store: Store) -> None:
     far = _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc)
     assert q.seq_at_time(store, far) == 0
     assert q.seq_at_time(store, _dt.datetime.now(_dt.timezone.utc)) == store.head
+
+
+def _dump(view: Any) -> dict[str, dict[bytes, bytes]]:
+    return {name: dict(db.data) for name, db in view.kv.dbs.items()}
+
+
+def test_advance_equals_a_fresh_fold(store: Store) -> None:
+    head = store.head
+    early = store.as_of(head // 3)
+    for seq in (head // 3, head // 2, head):
+        moved = q.advance(early, seq)
+        assert _dump(moved) == _dump(store.as_of(seq))
+        assert [r.id for r in moved.list_runs()] == [r.id for r in store.as_of(seq).list_runs()]
+    before = _dump(early)
+    q.advance(early, head)
+    assert _dump(early) == before  # the base view is left as it was
+    with pytest.raises(InvalidArgumentError):
+        q.advance(store.as_of(head // 2), head // 3)

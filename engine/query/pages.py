@@ -15,7 +15,7 @@ from collections import Counter
 from typing import IO, TYPE_CHECKING, Any
 
 from engine.errors import ArtifactNotFoundError, InvalidArgumentError
-from engine.projections.fold import counter
+from engine.projections.fold import counter, fold
 from engine.projections.keys import (
     ALL_RUNS,
     id_after_prefix,
@@ -25,9 +25,11 @@ from engine.projections.keys import (
 )
 from engine.projections.records import record
 from engine.projections.runs import run_step_ids
+from engine.query.history import HistoricalView
 from engine.query.models import ArtifactVersion, Run
 from engine.storage.chunks import ChunkRecord
-from engine.storage.log import Event
+from engine.storage.kv import MemoryKV
+from engine.storage.log import Event, seq_key
 
 if TYPE_CHECKING:
     from engine.query.catalog import Catalog
@@ -86,9 +88,11 @@ def artifact_names(
     after: str | None = None,
 ) -> tuple[list[tuple[ArtifactVersion, int]], str | None]:
     """One page of artifact names in name order, each as (latest live version,
-    number of live versions): names containing ``contains``, with a version
-    tagged ``tag`` (then the newest such version is shown), after the name
-    ``after``. Also the name to pass as ``after`` for the next page (None at
+    number of versions): names containing ``contains``, after the name
+    ``after``. The count is of versions written (deleted ones included, so
+    it costs a key scan, not a decode per version); with ``tag``, only names
+    with a live version tagged ``tag``, showing the newest such version and
+    counting the tagged ones. Also the name to pass as ``after`` for the next page (None at
     the end)."""
     _check_limit(limit)
     out: list[tuple[ArtifactVersion, int]] = []
@@ -117,17 +121,16 @@ def artifact_names(
                 if contains and contains not in name:
                     continue
                 latest: dict[str, Any] | None = None
-                live = 0
+                written = 0
                 for _, aid in txn.scan("names", prefix=name_prefix(name), reverse=True):
-                    raw = txn.get("artifacts", aid)
-                    if raw is None:
-                        continue
-                    rec = record(raw, "artifacts")
-                    if rec["deleted"] is None:
-                        live += 1
-                        latest = latest or rec
+                    written += 1
+                    if latest is None:  # decode only until the newest live version
+                        raw = txn.get("artifacts", aid)
+                        cand = None if raw is None else record(raw, "artifacts")
+                        if cand is not None and cand["deleted"] is None:
+                            latest = cand
                 if latest is not None:
-                    out.append((ArtifactVersion(catalog, latest), live))
+                    out.append((ArtifactVersion(catalog, latest), written))
                     if len(out) > limit:
                         break
     more = len(out) > limit
@@ -219,3 +222,32 @@ def seq_at_time(store: Store, when: _dt.datetime) -> int:
         return store.log.seq_at(txn, target)[0]
     finally:
         store.kv.end_read(txn)
+
+
+def advance(view: HistoricalView, seq: int) -> HistoricalView:
+    """The store as of a later event ``seq``, built from ``view`` (left as it
+    was): a copy of its projections with only the events after it folded in.
+    The same catalog ``store.as_of(seq)`` folds from the start of the log, at
+    the cost of a copy plus the difference instead of the whole prefix."""
+    store = view.store
+    head = store.head
+    if not view.seq <= seq <= head:
+        raise InvalidArgumentError(
+            f"advance({seq}): a view as of event {view.seq} moves forward to at most {head}"
+        )
+    src = view.kv
+    assert isinstance(src, MemoryKV)
+    kv = MemoryKV()
+    for name, db in src.dbs.items():  # values are immutable bytes: shallow copies suffice
+        new = kv.dbs[name]
+        new.data = dict(db.data)
+        new._keys = None if db._keys is None else list(db._keys)
+    w = kv.unsafe_writer()
+    txn = store.kv.read()
+    try:
+        fold(w, store.log.read(txn, view.seq + 1, seq + 1))
+    finally:
+        store.kv.end_read(txn)
+    if seq:
+        w.put("meta", b"head_seq", seq_key(seq))
+    return HistoricalView(store, seq, kv)

@@ -6,7 +6,9 @@ of events. A page is served many times at the same point in history (the
 slider, links within it), so the server keeps the last few folded views,
 keyed by ``seq``: the log is append-only, so the fold of its first ``seq``
 events never changes while the server runs (a store whose head moved below a
-cached ``seq`` — a recovered ledger — drops the cache).
+cached ``seq`` — a recovered ledger — drops the cache). A new point later
+than a cached one starts from a copy of it and folds only the events between
+(:func:`engine.query.pages.advance`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from engine.errors import InvalidArgumentError
-from engine.query.pages import seq_at_time
+from engine.query.history import HistoricalView
+from engine.query.pages import advance, seq_at_time
 
 if TYPE_CHECKING:
     from engine.query.catalog import Catalog
@@ -70,7 +73,10 @@ class ViewCache:
             if view is not None:
                 self._views.move_to_end(seq)
                 return view
-            view = self.store.as_of(seq)
+            lower = [s for s in self._views if s < seq]
+            base = self._views[max(lower)] if lower else None
+            # From a cached earlier view, fold only the events after it.
+            view = advance(base, seq) if isinstance(base, HistoricalView) else self.store.as_of(seq)
             self.folds += 1
             self._views[seq] = view
             while len(self._views) > self.size:
