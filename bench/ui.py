@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
 import statistics
 import sys
@@ -299,6 +300,8 @@ def measure(path: Path, repeats: int = 7) -> tuple[list[Row], dict[str, Any]]:
                 a_past = _median_ms(partial(api, past, past_t), max(1, repeats // 2))
             rows.append(Row(label, live, a_live, then, a_past, max(statuses)))
         info["folds"] = app.state.dashboard.views.folds
+        info["load"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        info["cores"] = os.cpu_count()
     loop.close()
     return rows, info
 
@@ -316,7 +319,9 @@ def report(rows: list[Row], info: dict[str, Any], command: str) -> str:
         f"Command: `{command}`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, Python "
-        f"{platform.python_version()}, {platform.system()} {platform.release()}.",
+        f"{platform.python_version()}, {platform.system()} {platform.release()}, "
+        f"{info['cores']} cores shared with other work (1-minute load average "
+        f"{info['load']:.1f} at the end of the run).",
         "",
         f"Store: {info['runs']:,} runs of {info['steps']} steps, {info['versions']:,} artifact "
         f"versions, {info['events']:,} events (built in {info['build_s']:.1f} s). "

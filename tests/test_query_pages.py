@@ -130,3 +130,12 @@ def test_advance_equals_a_fresh_fold(store: Store) -> None:
     assert _dump(early) == before  # the base view is left as it was
     with pytest.raises(InvalidArgumentError):
         q.advance(store.as_of(head // 2), head // 3)
+
+
+def test_version_counts_stop_at_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Store.memory()
+    for i in range(6):
+        s.save_artifact(i, "many")
+    monkeypatch.setattr(q, "COUNT_CAP", 4)
+    [(art, n)] = q.artifact_names(s)[0]
+    assert art.version == 6 and n == 5

@@ -235,3 +235,26 @@ def test_log_updates_live(browser: Any, url: str, ui: UIStore) -> None:
     wait_for(lambda: "late.arrival" in browser.find_element(By.ID, "log").text, timeout=20)
     top = browser.find_element(By.CSS_SELECTOR, "#log tbody tr").get_attribute("data-seq")
     assert int(top) > ui.head
+
+
+def test_a_fifty_step_pipeline_is_readable(
+    browser: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from ui_store import build_wide
+
+    path = tmp_path_factory.mktemp("wide") / "store"
+    run_id = build_wide(path)
+    with serve(path) as server:
+        browser.get(f"{server.url}/runs/{run_id}")
+        boxes = browser.execute_script(
+            "return [...document.querySelectorAll('#dag g.node rect')].map(r => {"
+            "const b = r.getBBox(); return [b.x, b.y, b.width, b.height]; });"
+        )
+        steps = browser.find_elements(By.CSS_SELECTOR, "#dag g.node.completed")
+        assert len(steps) == 51
+        for i, (x1, y1, w1, h1) in enumerate(boxes):
+            for x2, y2, _, _ in boxes[i + 1 :]:
+                assert abs(x1 - x2) >= w1 or abs(y1 - y2) >= h1, "nodes overlap"
+        labels = {n.text.split("\n")[0] for n in steps}
+        assert {"seed_value", "inc", "inc_49", "join"} <= labels
+        shot(browser, "run-51-steps")

@@ -180,3 +180,37 @@ class _Server:
 def serve(path: Path) -> _Server:
     """Start the dashboard for the store at ``path``; stopped on ``with`` exit."""
     return _Server(path)
+
+
+@step
+def seed_value() -> int:
+    return 1
+
+
+@step
+def inc(x: int, by: int = 1) -> int:
+    return x + by
+
+
+@step
+def join(a: int, b: int, c: int, d: int, e: int, f: int, g: int) -> int:
+    return a + b + c + d + e + f + g
+
+
+@pipeline
+def wide_pipeline(depth: int = 7):
+    """51 steps: a source, seven chains of seven steps, and a join."""
+    x = seed_value()
+    ends = []
+    for branch in range(7):
+        y = x
+        for _ in range(depth):
+            y = inc(y, by=branch + 1)
+        ends.append(y)
+    join(*ends)
+
+
+def build_wide(path: Path) -> str:
+    """A store holding one run of the 51-step pipeline; its run id."""
+    with Store.open(path) as store:
+        return str(store.run(wide_pipeline).id)

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from engine.store import Store
 
 STEP_STATES = ("completed", "cached", "failed", "skipped", "running")
+# Versions of one name are counted up to this many (then COUNT_CAP + 1 means "more").
+COUNT_CAP = 1000
 
 
 def _check_limit(limit: int) -> None:
@@ -90,7 +92,8 @@ def artifact_names(
     """One page of artifact names in name order, each as (latest live version,
     number of versions): names containing ``contains``, after the name
     ``after``. The count is of versions written (deleted ones included, so
-    it costs a key scan, not a decode per version); with ``tag``, only names
+    it costs a key scan, not a decode per version), up to ``COUNT_CAP + 1``
+    (meaning more than ``COUNT_CAP``); with ``tag``, only names
     with a live version tagged ``tag``, showing the newest such version and
     counting the tagged ones. Also the name to pass as ``after`` for the next page (None at
     the end)."""
@@ -124,6 +127,8 @@ def artifact_names(
                 written = 0
                 for _, aid in txn.scan("names", prefix=name_prefix(name), reverse=True):
                     written += 1
+                    if written > COUNT_CAP and latest is not None:
+                        break
                     if latest is None:  # decode only until the newest live version
                         raw = txn.get("artifacts", aid)
                         cand = None if raw is None else record(raw, "artifacts")

@@ -38,7 +38,7 @@ PAGE_CSP = (
 )
 # Bytes an artifact chose: served in a sandbox (an opaque origin, no access to ours).
 RAW_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-HTML_VIS_CSP = "sandbox allow-scripts; default-src 'none' 'unsafe-inline' data:"
+HTML_VIS_CSP = "sandbox allow-scripts; default-src 'unsafe-inline' data:"
 
 
 class Headers:

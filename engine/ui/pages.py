@@ -136,7 +136,8 @@ def run_page(catalog: Catalog, run_id: str, link: Any) -> dict[str, Any]:
         else:
             label = f"{n['name']}:{n['version']}"
             href = link("/artifacts/" + art_path(n["name"], n["version"]))
-            nodes.append(graph.Node(nid, n["name"], "artifact", href, label, f"v{n['version']}"))
+            short = n["name"].removeprefix(run.pipeline + ".")  # the box is narrow
+            nodes.append(graph.Node(nid, short, "artifact", href, label, f"v{n['version']}"))
     summary = run_summary(catalog, run)
     summary.update(params=_jsonable(run.params), error=run.error)
     return {
@@ -163,7 +164,8 @@ def artifacts_page(
         out.append(
             {
                 **art_ref(art),
-                "versions": count,
+                "versions": min(count, q.COUNT_CAP),
+                "more_versions": count > q.COUNT_CAP,
                 "type": art.artifact_type,
                 "data_type": art.data_type,
                 "tags": art.tags,
