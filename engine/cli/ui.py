@@ -7,6 +7,7 @@ imported only when the command runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
         sys.stderr.write(
             f"artledger ui: serving {path} on http://{args.host}:{args.port}/ (Ctrl-C stops)\n"
         )
-        server.run()
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it is meant to stop
+            server.run()
+    sys.stderr.write("artledger ui: stopped\n")
     return EXIT_OK
 
 
