@@ -90,7 +90,7 @@ def describe(name: str, kind: str, data: bytes) -> dict[str, Any]:
             text = json.dumps(json.loads(data), indent=2, sort_keys=True)[:MAX_TEXT]
         except ValueError:
             text = _text(data)
-        out["_html"] = f'<pre class="json">{escape(text)}</pre>'
+        out["_html"] = f'<pre class="json">{escape(text, quote=False)}</pre>'
     elif kind == "image":
         out["mime"] = image_type(name, data)
     elif kind != "html":
