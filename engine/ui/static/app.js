@@ -22,6 +22,9 @@ function setupSlider() {
   });
   slider.addEventListener("change", () => {
     const atHead = Number(slider.value) >= Number(slider.max);
+    // The first visit to a point in history folds the log up to it: say so.
+    if (!atHead) label.textContent = "loading event " + slider.value + "…";
+    document.body.classList.add("loading");
     window.location.href = withAsOf(slider.value, atHead);
   });
 }
