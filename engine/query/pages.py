@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections import Counter
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from engine.errors import ArtifactNotFoundError, InvalidArgumentError
 from engine.projections.fold import counter, fold
@@ -240,8 +240,7 @@ def advance(view: HistoricalView, seq: int) -> HistoricalView:
         raise InvalidArgumentError(
             f"advance({seq}): a view as of event {view.seq} moves forward to at most {head}"
         )
-    src = view.kv
-    assert isinstance(src, MemoryKV)
+    src = cast(MemoryKV, view.kv)  # an as_of view always folds into a MemoryKV
     kv = MemoryKV()
     for name, db in src.dbs.items():  # values are immutable bytes: shallow copies suffice
         new = kv.dbs[name]
