@@ -22,6 +22,7 @@ from engine.cli import (
     commands_history,
     commands_maintenance,
     commands_transfer,
+    ui,
 )
 from engine.cli.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from engine.cli.render import stderr
@@ -33,6 +34,7 @@ COMMAND_MODULES = (
     commands_history,
     commands_transfer,
     commands_maintenance,
+    ui,
 )
 
 

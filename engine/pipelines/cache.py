@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.projections.keys import cache_index_key
 from engine.projections.records import record
-from engine.query.catalog import HasCatalog
+from engine.query.catalog import HasCatalog, catalog_of
 from engine.storage.kv import Txn
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def lookup(
     against the live chunk index (bytes are physical, not historical)."""
     from engine.query.models import StepRun
 
-    catalog = source.catalog if isinstance(source, HasCatalog) else source
+    catalog = catalog_of(source)
     with catalog._read() as txn:
         live = catalog.chunks.kv
         if live is catalog.kv:

@@ -92,11 +92,11 @@ def run_graph(source: Catalog | HasCatalog, run: Run | str) -> LineageGraph:
     """A run's DAG: its step runs (executed, cached, failed or skipped) and the
     artifact versions they read and wrote, edges in data-flow direction
     (``source``: a store, its catalog or an ``as_of`` view)."""
-    from engine.query.catalog import HasCatalog
+    from engine.query.catalog import catalog_of
     from engine.query.lineage import LineageGraph
     from engine.query.models import Run
 
-    catalog = source.catalog if isinstance(source, HasCatalog) else source
+    catalog = catalog_of(source)
 
     r = run if isinstance(run, Run) else catalog.get_run(run)
     g = LineageGraph(r.id, "run")

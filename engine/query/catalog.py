@@ -392,5 +392,10 @@ class HasCatalog(Protocol):
     def catalog(self) -> Catalog: ...
 
 
+def catalog_of(source: Catalog | HasCatalog) -> Catalog:
+    """The catalog that answers for ``source`` (a catalog, a view, or a store)."""
+    return source if isinstance(source, Catalog) else source.catalog
+
+
 def _always_open() -> None:
     """A catalog with no owner to close it."""

@@ -199,6 +199,16 @@ class MemoryKV(KV):
                 txn.rollback()
                 raise
 
+    def copy(self) -> MemoryKV:
+        """A new MemoryKV holding the same data (values shared: they are
+        immutable bytes), e.g. to fold more events into a copy of a fold."""
+        with self._lock:
+            new = MemoryKV(self._names)
+            new._view = _View(
+                Databases({name: db.clone() for name, db in self._view.dbs.items()}), None
+            )
+            return new
+
     def unsafe_writer(self) -> Txn:
         """A write transaction applied immediately, with no rollback; for
         folding a log into a fresh, private MemoryKV."""
