@@ -1,0 +1,125 @@
+"""Pillow images as lossless PNG.
+
+* An image in a mode PNG keeps exactly (``1``, ``L``, ``LA``, ``P``, ``RGB``,
+  ``RGBA``, ``I;16``) -> ``image.png``, written by Pillow (the palette and
+  transparency of ``P`` images included).
+* Any other mode (``I``, ``F``, ``CMYK``, ``YCbCr``, ``PA``, ...) ->
+  ``pixels.bin``, the raw pixel bytes, with mode, size and palette in the
+  state: still lossless, and still no pickle.
+* Loaded back as a ``PIL.Image.Image`` with the same mode, size and pixels
+  (an image opened from a JPEG file loads as a plain image of its pixels).
+* Metadata: ``mode``, ``size`` ([width, height]), ``width``, ``height``,
+  ``bands`` and the ``format`` it was read from, if any. The image is its own
+  visualization (``image.png``; other modes converted to RGB(A) for display).
+
+Imported only when an image is saved or loaded (extra ``images``).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, ClassVar, Final
+
+from engine.errors import MaterializerError
+from materializers.base import BaseMaterializer
+
+try:
+    from PIL import Image
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"{e}. Loading images needs Pillow: pip install 'artledger[images]'") from e
+
+PNG_FILE: Final = "image.png"
+RAW_FILE: Final = "pixels.bin"
+PNG_MODES: Final = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I;16"})
+MAX_PIXELS: Final = 1 << 31
+"""Images larger than this are refused on load (a decompression bomb guard,
+applied to our own files too: Pillow's default would only warn)."""
+
+
+def read_png(data: bytes, name: str) -> Image.Image:
+    """A fully loaded image from PNG bytes; a ``MaterializerError`` if they are not one."""
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as opened:
+            width, height = opened.size
+            if width * height > MAX_PIXELS:
+                raise MaterializerError(f"{name} is {width}x{height} pixels; refusing to decode")
+            opened.load()
+            image = opened.copy()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise MaterializerError(f"{name} is not a valid PNG file: {e}") from e
+    return image
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class PillowMaterializer(BaseMaterializer):
+    """``PIL.Image.Image`` (and Pillow's own file subclasses) as PNG."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type, ...]] = (Image.Image,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[str] = "data"
+    VERSION: ClassVar[int] = 1
+
+    @classmethod
+    def can_handle_type(cls, data_type: type) -> bool:
+        """Pillow's own image classes (a user subclass may carry more state)."""
+        return data_type.__module__.split(".")[0] == "PIL"
+
+    def save(self, data: Any) -> None:
+        if data.mode in PNG_MODES:
+            payload = png_bytes(data)
+            with self.open(PNG_FILE, "wb") as f:
+                f.write(payload)
+            return
+        state: dict[str, Any] = {"mode": data.mode, "size": list(data.size)}
+        if data.palette is not None and data.mode in ("P", "PA"):
+            palette_mode = data.palette.mode
+            state["palette"] = [palette_mode, bytes(data.getpalette(palette_mode) or [])]
+        with self.open(RAW_FILE, "wb") as f:
+            f.write(data.tobytes())
+        self.files.state.update(state)
+
+    def load(self, data_type: type) -> Any:
+        names = self.files.names()
+        if PNG_FILE in names:
+            with self.open(PNG_FILE, "rb") as f:
+                return read_png(f.read(), PNG_FILE)
+        if RAW_FILE not in names:
+            raise MaterializerError(f"image artifact has neither {PNG_FILE} nor {RAW_FILE}.")
+        state = self.files.state
+        try:
+            mode, (width, height) = str(state["mode"]), state["size"]
+            if width * height > MAX_PIXELS:
+                raise MaterializerError(f"{RAW_FILE} is {width}x{height} pixels; refusing")
+            with self.open(RAW_FILE, "rb") as f:
+                image = Image.frombytes(mode, (width, height), f.read())
+            if "palette" in state:
+                palette_mode, palette = state["palette"]
+                image.putpalette(palette, palette_mode)
+        except (KeyError, TypeError, ValueError) as e:
+            raise MaterializerError(f"{RAW_FILE} cannot be read as an image: {e}") from e
+        return image
+
+    def extract_metadata(self, data: Any) -> dict[str, Any]:
+        width, height = data.size
+        meta: dict[str, Any] = {
+            "mode": data.mode,
+            "size": [width, height],
+            "width": width,
+            "height": height,
+            "bands": list(data.getbands()),
+        }
+        if data.format:
+            meta["format"] = data.format
+        return meta
+
+    def save_visualizations(self, data: Any) -> dict[str, str]:
+        image = data
+        if data.mode not in PNG_MODES:
+            image = data.convert("RGBA" if "A" in data.getbands() else "RGB")
+        with self.open("image.png", "wb") as f:
+            f.write(png_bytes(image))
+        return {"image.png": "image"}
