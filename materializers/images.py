@@ -8,7 +8,8 @@
   state: still lossless, and still no pickle.
 * Loaded back as a ``PIL.Image.Image`` with the same mode, size and pixels
   (an image opened from a JPEG file loads as a plain image of its pixels).
-* Metadata: ``mode``, ``size`` ([width, height]), ``width``, ``height``,
+* Metadata: ``mode``, ``image_size`` ([width, height]; ``size`` is the
+  store's byte count), ``width``, ``height``,
   ``bands`` and the ``format`` it was read from, if any. The image is its own
   visualization (``image.png``; other modes converted to RGB(A) for display).
 
@@ -107,7 +108,7 @@ class PillowMaterializer(BaseMaterializer):
         width, height = data.size
         meta: dict[str, Any] = {
             "mode": data.mode,
-            "size": [width, height],
+            "image_size": [width, height],
             "width": width,
             "height": height,
             "bands": list(data.getbands()),

@@ -22,6 +22,7 @@ from materializers.builtins import BuiltinsMaterializer
 
 try:
     import pydantic
+    from pydantic_core import PydanticSerializationError
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
         f"{e}. Loading pydantic models needs pydantic: pip install 'artledger[pydantic]'"
@@ -77,7 +78,7 @@ class PydanticMaterializer(BaseMaterializer):
     def save_visualizations(self, data: Any) -> dict[str, str]:
         try:
             text = data.model_dump_json(indent=2)
-        except (pydantic.PydanticSerializationError, ValueError, TypeError):
+        except (PydanticSerializationError, ValueError, TypeError):
             return {}
         with self.open("model.json", "w") as f:
             f.write(text)

@@ -67,7 +67,7 @@ def _importable(data_type: type) -> bool:
 def _zoneinfo_key(tz: dt.tzinfo) -> str | None:
     zoneinfo = sys.modules.get("zoneinfo")
     if zoneinfo is not None and type(tz) is zoneinfo.ZoneInfo:
-        key: str | None = tz.key
+        key: str | None = getattr(tz, "key", None)
         return key
     return None
 
@@ -242,7 +242,7 @@ class ArrayMaterializer(BaseMaterializer):
 
     def load(self, data_type: type) -> Any:
         typecode = self.files.state.get("typecode")
-        if typecode not in array.typecodes:
+        if not isinstance(typecode, str) or typecode not in array.typecodes:
             raise MaterializerError(f"array artifact records an unknown typecode {typecode!r}.")
         result = array.array(typecode)
         with self.open(ARRAY_FILE, "rb") as f:
