@@ -8,6 +8,8 @@
   state: still lossless, and still no pickle.
 * Loaded back as a ``PIL.Image.Image`` with the same mode, size and pixels
   (an image opened from a JPEG file loads as a plain image of its pixels).
+  Only the PNG decoder is used, under Pillow's decompression-bomb limit
+  (``Image.MAX_IMAGE_PIXELS``): raise it to load a larger PNG.
 * Metadata: ``mode``, ``image_size`` ([width, height]; ``size`` is the
   store's byte count), ``width``, ``height``,
   ``bands`` and the ``format`` it was read from, if any. The image is its own
@@ -32,21 +34,15 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 PNG_FILE: Final = "image.png"
 RAW_FILE: Final = "pixels.bin"
 PNG_MODES: Final = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I;16"})
-MAX_PIXELS: Final = 1 << 31
-"""Images larger than this are refused on load (a decompression bomb guard,
-applied to our own files too: Pillow's default would only warn)."""
 
 
 def read_png(data: bytes, name: str) -> Image.Image:
     """A fully loaded image from PNG bytes; a ``MaterializerError`` if they are not one."""
     try:
         with Image.open(io.BytesIO(data), formats=["PNG"]) as opened:
-            width, height = opened.size
-            if width * height > MAX_PIXELS:
-                raise MaterializerError(f"{name} is {width}x{height} pixels; refusing to decode")
             opened.load()
             image = opened.copy()
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise MaterializerError(f"{name} is not a valid PNG file: {e}") from e
     return image
 
@@ -93,8 +89,6 @@ class PillowMaterializer(BaseMaterializer):
         state = self.files.state
         try:
             mode, (width, height) = str(state["mode"]), state["size"]
-            if width * height > MAX_PIXELS:
-                raise MaterializerError(f"{RAW_FILE} is {width}x{height} pixels; refusing")
             with self.open(RAW_FILE, "rb") as f:
                 image = Image.frombytes(mode, (width, height), f.read())
             if "palette" in state:

@@ -55,10 +55,11 @@ class PydanticMaterializer(BaseMaterializer):
                 f"PydanticMaterializer loads pydantic models; the artifact names `{data_type!r}`."
             )
         stored = BuiltinsMaterializer(self.files).load(dict)
+        values: Any = {**stored["extra"], **stored["fields"]}
+        if issubclass(data_type, pydantic.RootModel):
+            values = stored["fields"]["root"]  # a root model validates its root value
         try:
-            obj = data_type.model_validate(
-                {**stored["extra"], **stored["fields"]}, by_name=True, by_alias=False
-            )
+            obj = data_type.model_validate(values, by_name=True, by_alias=False)
         except pydantic.ValidationError as e:
             raise MaterializerError(
                 f"The saved fields no longer validate as `{registry.identity(data_type)}` "

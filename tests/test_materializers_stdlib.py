@@ -97,6 +97,10 @@ class Config(pydantic.BaseModel):
     table: np.ndarray[Any, Any] | None = None
 
 
+class Batch(pydantic.RootModel[list[Inner]]):
+    pass
+
+
 class OddZone(dt.tzinfo):
     """A tzinfo of a kind the materializer cannot name (like pytz's)."""
 
@@ -289,6 +293,12 @@ def test_pydantic_model_roundtrip(store: Store) -> None:
     assert plain.load() == Inner(n=1, at=dt.date(2000, 1, 1))
     vis = {name: (kind, data) for name, kind, data in plain.visualizations}
     assert vis["model.json"][0] == "json" and b'"2000-01-01"' in vis["model.json"][1]
+
+
+def test_pydantic_root_model_roundtrip(store: Store) -> None:
+    value = Batch([Inner(n=1, at=dt.date(2000, 1, 1)), Inner(n=2, at=dt.date(2000, 1, 2))])
+    back = store.save_artifact(value, "batch").load()
+    assert type(back) is Batch and back == value
 
 
 def test_changed_enum_is_a_clear_error(store: Store) -> None:
