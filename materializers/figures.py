@@ -28,7 +28,7 @@ try:
     from matplotlib.backends.backend_svg import FigureCanvasSVG
     from matplotlib.figure import Figure
 
-    from materializers.images import read_png
+    from materializers.images import read_png, recall, remember
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
         f"{e}. Figures need matplotlib and Pillow: pip install 'artledger[images]'"
@@ -58,9 +58,11 @@ class FigureMaterializer(BaseMaterializer):
     VERSION: ClassVar[int] = 1
 
     def save(self, data: Any) -> None:
+        recall(None)  # forget an earlier object's PNG
         payload = _render(data, FigureCanvasAgg, "png")
         with self.open(PNG_FILE, "wb") as f:
             f.write(payload)
+        remember(data, payload)
 
     def load(self, data_type: type) -> Any:
         """The saved PNG as a ``PIL.Image.Image`` (see the module docs)."""
@@ -82,8 +84,9 @@ class FigureMaterializer(BaseMaterializer):
         }
 
     def save_visualizations(self, data: Any) -> dict[str, str]:
+        payload = recall(data) or _render(data, FigureCanvasAgg, "png")
         with self.open(PNG_FILE, "wb") as f:
-            f.write(_render(data, FigureCanvasAgg, "png"))
+            f.write(payload)
         with self.open(SVG_FILE, "wb") as f:
             f.write(_render(data, FigureCanvasSVG, "svg"))
         return {PNG_FILE: "image", SVG_FILE: "image"}

@@ -21,6 +21,8 @@ Imported only when an image is saved or loaded (extra ``images``).
 from __future__ import annotations
 
 import io
+import threading
+import weakref
 from typing import Any, ClassVar, Final
 
 from engine.errors import MaterializerError
@@ -47,6 +49,26 @@ def read_png(data: bytes, name: str) -> Image.Image:
     return image
 
 
+_last_saved = threading.local()
+
+
+def remember(obj: Any, payload: bytes) -> None:
+    """Keep the PNG just written for ``obj`` so that the engine's call to
+    ``save_visualizations`` for the same object (next, on this thread) reuses
+    it instead of encoding the image again."""
+    _last_saved.entry = (weakref.ref(obj), payload)
+
+
+def recall(obj: Any) -> bytes | None:
+    """The PNG :func:`remember` kept for this very object, once; else None."""
+    entry = getattr(_last_saved, "entry", None)
+    _last_saved.entry = None
+    if entry is not None and entry[0]() is obj:
+        payload: bytes = entry[1]
+        return payload
+    return None
+
+
 def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -66,10 +88,12 @@ class PillowMaterializer(BaseMaterializer):
         return data_type.__module__.split(".")[0] == "PIL"
 
     def save(self, data: Any) -> None:
+        recall(None)  # forget an earlier image's PNG
         if data.mode in PNG_MODES:
             payload = png_bytes(data)
             with self.open(PNG_FILE, "wb") as f:
                 f.write(payload)
+            remember(data, payload)
             return
         state: dict[str, Any] = {"mode": data.mode, "size": list(data.size)}
         if data.palette is not None and data.mode in ("P", "PA"):
@@ -112,9 +136,12 @@ class PillowMaterializer(BaseMaterializer):
         return meta
 
     def save_visualizations(self, data: Any) -> dict[str, str]:
-        image = data
-        if data.mode not in PNG_MODES:
-            image = data.convert("RGBA" if "A" in data.getbands() else "RGB")
+        payload = recall(data)
+        if payload is None:
+            image = data
+            if data.mode not in PNG_MODES:
+                image = data.convert("RGBA" if "A" in data.getbands() else "RGB")
+            payload = png_bytes(image)
         with self.open("image.png", "wb") as f:
-            f.write(png_bytes(image))
+            f.write(payload)
         return {"image.png": "image"}

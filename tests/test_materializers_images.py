@@ -77,6 +77,8 @@ def test_png_artifact_is_a_plain_png(store: Store, tmp_path: Path) -> None:
     image = _gradient("RGB")
     art = store.save_artifact(image, "img")
     [path] = art.export_files(tmp_path / "out")
+    # The visualization is the same PNG (encoded once).
+    assert art.visualizations == [("image.png", "image", path.read_bytes())]
     with Image.open(path) as opened:
         assert opened.format == "PNG"
         np.testing.assert_array_equal(_pixels(opened), _pixels(image))
