@@ -74,14 +74,15 @@ _seen_types: weakref.WeakValueDictionary[str, type] = weakref.WeakValueDictionar
 _lazy: dict[str, str] = {
     "numpy:ndarray": "materializers.numpy",
     "numpy:generic": "materializers.numpy",
-    **dict.fromkeys(
-        ("datetime:date", "datetime:time", "datetime:timedelta", "decimal:Decimal", "uuid:UUID"),
-        "materializers.stdlib",
-    ),
-    **dict.fromkeys(
-        ("pathlib:PurePath", "pathlib._local:PurePath", "enum:Enum", "array:array"),
-        "materializers.stdlib",
-    ),
+    "datetime:date": "materializers.stdlib",
+    "datetime:time": "materializers.stdlib",
+    "datetime:timedelta": "materializers.stdlib",
+    "decimal:Decimal": "materializers.stdlib",
+    "uuid:UUID": "materializers.stdlib",
+    "pathlib:PurePath": "materializers.stdlib",
+    "pathlib._local:PurePath": "materializers.stdlib",
+    "enum:Enum": "materializers.stdlib",
+    "array:array": "materializers.stdlib",
     "pydantic.main:BaseModel": "materializers.pydantic",
     "PIL.Image:Image": "materializers.images",
     "matplotlib.figure:Figure": "materializers.figures",
