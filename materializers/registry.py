@@ -74,7 +74,21 @@ _seen_types: weakref.WeakValueDictionary[str, type] = weakref.WeakValueDictionar
 _lazy: dict[str, str] = {
     "numpy:ndarray": "materializers.numpy",
     "numpy:generic": "materializers.numpy",
+    "datetime:date": "materializers.stdlib",
+    "datetime:time": "materializers.stdlib",
+    "datetime:timedelta": "materializers.stdlib",
+    "decimal:Decimal": "materializers.stdlib",
+    "uuid:UUID": "materializers.stdlib",
+    "pathlib:PurePath": "materializers.stdlib",
+    "pathlib._local:PurePath": "materializers.stdlib",
+    "enum:Enum": "materializers.stdlib",
+    "array:array": "materializers.stdlib",
+    "pydantic.main:BaseModel": "materializers.pydantic",
+    "PIL.Image:Image": "materializers.images",
+    "matplotlib.figure:Figure": "materializers.figures",
 }
+# offered for a type no class of whose MRO is registered: dataclasses share no base
+_DATACLASS = "materializers.stdlib:DataclassMaterializer"
 # Held while a lazy materializer module is imported: another thread must not see
 # the module in sys.modules before its classes have registered.
 _lazy_lock = threading.Lock()
@@ -191,6 +205,10 @@ def materializer_for(data_type: type) -> type[BaseMaterializer]:
         cls = _by_type.get(klass)
         if cls is not None and cls.can_handle_type(data_type):
             return cls
+    if hasattr(data_type, "__dataclass_fields__") and _builtin(_DATACLASS).can_handle_type(
+        data_type
+    ):
+        return _builtin(_DATACLASS)
     name = data_type.__qualname__
     warnings.warn(
         f"No materializer for type `{name}` ({identity(data_type)}); saving it with "
