@@ -74,6 +74,10 @@ _seen_types: weakref.WeakValueDictionary[str, type] = weakref.WeakValueDictionar
 _lazy: dict[str, str] = {
     "numpy:ndarray": "materializers.numpy",
     "numpy:generic": "materializers.numpy",
+    "scipy.sparse._base:_spbase": "materializers.sparse",
+    "sklearn.base:BaseEstimator": "materializers.sklearn",
+    "torch:Tensor": "materializers.torch",
+    "torch.nn.modules.module:Module": "materializers.torch",
 }
 # Held while a lazy materializer module is imported: another thread must not see
 # the module in sys.modules before its classes have registered.
