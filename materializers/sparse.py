@@ -56,6 +56,13 @@ def _coords(data: Any) -> tuple[npt.NDArray[Any], ...]:
     return tuple(coords) if coords is not None else (data.row, data.col)
 
 
+def _head_coords(data: Any, head: int) -> tuple[npt.NDArray[Any], ...]:
+    """(row, column) of the first ``head`` stored entries of a CSR or CSC matrix."""
+    major = np.searchsorted(data.indptr, np.arange(head), side="right") - 1
+    minor = data.indices[:head]
+    return (major, minor) if data.format == "csr" else (minor, major)
+
+
 class SparseMaterializer(BaseMaterializer):
     """CSR, CSC and COO matrices and arrays of scipy.sparse, as ``.npy`` components."""
 
@@ -147,15 +154,14 @@ class SparseMaterializer(BaseMaterializer):
         meta = self.metadata if self.metadata is not None else self.extract_metadata(data)
         lines = [f"# {type(data).__name__}", "", "| property | value |", "| --- | --- |"]
         lines += [f"| {key} | `{value}` |" for key, value in meta.items()]
-        coo = data.tocoo()
-        coords = _coords(coo)
-        head = min(PREVIEW_MAX_NNZ, int(coo.nnz))
+        head = min(PREVIEW_MAX_NNZ, len(data.data))
+        coords = _coords(data) if data.format == "coo" else _head_coords(data, head)
         if head:
             lines += ["", f"First {head} stored entries:", ""]
             lines += ["| index | value |", "| --- | --- |"]
             for k in range(head):
                 at = ", ".join(str(int(c[k])) for c in coords)
-                lines.append(f"| ({at}) | `{coo.data[k]}` |")
+                lines.append(f"| ({at}) | `{data.data[k]}` |")
         with self.open("summary.md", "w") as f:
             f.write("\n".join(lines) + "\n")
         return {"summary.md": "markdown"}

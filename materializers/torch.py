@@ -144,12 +144,14 @@ class TensorMaterializer(BaseMaterializer):
             "numel": int(data.numel()),
             "bytes": int(data.numel() * data.element_size()),
         }
-        if data.numel() and (data.is_floating_point() or data.dtype != torch.bool):
-            with torch.no_grad():
-                values = data.detach().to("cpu", torch.float64)
-                meta.update(
-                    min=float(values.min()), max=float(values.max()), mean=float(values.mean())
-                )
+        if data.numel() and data.dtype != torch.bool and not data.is_complex():
+            try:
+                with torch.no_grad():
+                    low, high = torch.aminmax(data.detach())
+                    mean = torch.mean(data.detach(), dtype=torch.float64)
+            except (RuntimeError, TypeError):  # a dtype without these kernels (float8)
+                return meta
+            meta.update(min=float(low), max=float(high), mean=float(mean))
         return meta
 
     def save_visualizations(self, data: Any) -> dict[str, str]:
