@@ -7,8 +7,10 @@
   buffers, in order), with the module's class (``"module:QualName"``) and its
   ``training`` flag in ``__metadata__``. Loading imports the class (the
   registry's rules for untrusted artifacts apply), builds it with no
-  arguments and ``load_state_dict(strict=True)``: a module whose constructor
-  needs arguments cannot be rebuilt this way (save its ``state_dict`` instead).
+  arguments and ``load_state_dict(strict=True)``. A module whose constructor
+  needs arguments cannot be rebuilt that way: this materializer declines it
+  (``can_handle_type``), so it falls back to the signed pickle with the usual
+  warning (save ``dict(model.state_dict())`` instead).
 * A ``dict`` of tensors (``dict(model.state_dict())``) is a container of
   tensors: each is its own ``.safetensors`` file (the built-in container
   materializer). ``state_dict()`` itself returns an ``OrderedDict``, which no
@@ -24,6 +26,7 @@ looked up.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any, ClassVar, Final
 
@@ -66,6 +69,13 @@ for _name, _code in (
     if hasattr(torch, _name):
         _CODES[getattr(torch, _name)] = _code
 _DTYPES: Final = {code: dtype for dtype, code in _CODES.items()}
+_CONTAINERS: Final = (
+    torch.nn.Sequential,
+    torch.nn.ModuleList,
+    torch.nn.ModuleDict,
+    torch.nn.ParameterList,
+    torch.nn.ParameterDict,
+)
 
 
 def _as_entry(name: str, tensor: torch.Tensor) -> safetensors_io.Tensor:
@@ -106,6 +116,35 @@ def _read(
 
         safetensors_io.read_data(f, entries, target, file)
     return out, metadata
+
+
+def _build(cls: Any, topic: str) -> Any:
+    try:
+        return cls()
+    except TypeError as exc:
+        raise MaterializerError(
+            f"Cannot rebuild `{topic}`: {cls.__qualname__}() failed ({exc}). artledger "
+            "rebuilds a module by calling its class with no arguments, then "
+            "load_state_dict(); give its __init__ defaults, or save and load "
+            "dict(model.state_dict()) and build the module yourself."
+        ) from exc
+
+
+def _on_meta(cls: Any) -> Any:
+    """``cls()`` built on the meta device (no memory, no initialisation), or None
+    when the stored state alone cannot make it whole: construction fails there,
+    a parameter is shared (tied weights would come apart) or a buffer is not
+    persistent (it is not in the state_dict)."""
+    try:
+        with torch.device("meta"):
+            module = cls()
+    except Exception:
+        return None
+    tensors = [*module.named_parameters(remove_duplicate=False), *module.named_buffers()]
+    kept = module.state_dict(keep_vars=True)
+    if len({id(t) for _, t in tensors}) != len(tensors) or {n for n, _ in tensors} != set(kept):
+        return None
+    return module
 
 
 class TensorMaterializer(BaseMaterializer):
@@ -171,6 +210,25 @@ class ModuleMaterializer(BaseMaterializer):
     ASSOCIATED_ARTIFACT_TYPE: ClassVar[str] = "model"
     VERSION: ClassVar[int] = 1
 
+    @classmethod
+    def can_handle_type(cls, data_type: type) -> bool:
+        """Modules whose class can be called with no arguments, the way
+        :meth:`load` rebuilds them; for the rest the registry keeps looking
+        (and falls back to the signed pickle, with its warning). torch's own
+        containers (``Sequential``, ``ModuleList``, ...) are built from their
+        arguments, and classes defined inside functions cannot be imported by
+        name: both are declined too."""
+        if data_type in _CONTAINERS or "<locals>" in data_type.__qualname__:
+            return False
+        try:
+            signature = inspect.signature(data_type)
+        except (TypeError, ValueError):
+            return False
+        return all(
+            p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            for p in signature.parameters.values()
+        )
+
     def save(self, data: Any) -> None:
         metadata = {"class": registry.topic_of(type(data)), "training": str(bool(data.training))}
         state = data.state_dict()
@@ -183,17 +241,13 @@ class ModuleMaterializer(BaseMaterializer):
         cls: Any = data_type
         if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
             cls = registry.import_topic(topic)  # raises, naming the class and the fix
+        module = _on_meta(cls)
         try:
-            module = cls()
-        except TypeError as exc:
-            raise MaterializerError(
-                f"Cannot rebuild `{topic}`: {cls.__qualname__}() failed ({exc}). artledger "
-                "rebuilds a module by calling its class with no arguments, then "
-                "load_state_dict(); give its __init__ defaults, or save and load "
-                "dict(model.state_dict()) and build the module yourself."
-            ) from exc
-        try:
-            module.load_state_dict(state, strict=True)
+            if module is not None:  # no random initialisation: the stored tensors become its own
+                module.load_state_dict(state, strict=True, assign=True)
+            else:
+                module = _build(cls, topic)
+                module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise MaterializerError(
                 f"The stored state_dict does not fit a fresh `{topic}`: {exc}"

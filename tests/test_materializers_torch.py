@@ -35,6 +35,20 @@ class Net(torch.nn.Module):  # type: ignore[misc]
         return self.l2(torch.relu(self.bn(self.l1(x))))
 
 
+class Tied(torch.nn.Module):  # type: ignore[misc]
+    """Shared weights and a buffer outside the state_dict: rebuilt the slow way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(6, 3)
+        self.head = torch.nn.Linear(3, 6, bias=False)
+        self.head.weight = self.embed.weight
+        self.register_buffer("scale", torch.full((3,), 2.0), persistent=False)
+
+    def forward(self, ids: Any) -> Any:
+        return self.head(self.embed(ids) * self.scale)
+
+
 class NeedsArgs(torch.nn.Module):  # type: ignore[misc]
     def __init__(self, width: int) -> None:
         super().__init__()
@@ -89,6 +103,8 @@ def test_module_roundtrip_predicts_the_same(store: Store) -> None:
     got = art.load()
     x = torch.randn(5, 4)
     assert type(got) is Net and not got.training
+    assert [p.requires_grad for p in got.parameters()] == [True] * len(list(net.parameters()))
+    assert all(t.device.type == "cpu" for t in got.state_dict().values())
     assert torch.equal(got(x), net(x))
     for key, value in net.state_dict().items():
         assert torch.equal(got.state_dict()[key], value)
@@ -102,6 +118,15 @@ def test_module_roundtrip_predicts_the_same(store: Store) -> None:
     assert "| l1.weight | `[8, 4]` | float32 |" in summary
 
 
+def test_tied_weights_and_non_persistent_buffers(store: Store) -> None:
+    torch.manual_seed(2)
+    model = Tied()
+    got = store.save_artifact(model, "tied").load()
+    assert got.head.weight is got.embed.weight
+    ids = torch.tensor([0, 3, 5])
+    assert torch.equal(got(ids), model(ids))
+
+
 def test_dict_of_tensors_is_safetensors_files(store: Store) -> None:
     state = dict(Net().state_dict())
     art = store.save_artifact(state, "sd")
@@ -113,7 +138,12 @@ def test_dict_of_tensors_is_safetensors_files(store: Store) -> None:
 
 
 def test_module_that_needs_arguments_says_how(store: Store) -> None:
-    store.save_artifact(NeedsArgs(3), "m")
+    with pytest.warns(UserWarning, match="No materializer for type `NeedsArgs`"):
+        materializer_for(NeedsArgs)  # declined: it could not be rebuilt
+    for declined in (torch.nn.Sequential, torch.nn.ModuleList):
+        with pytest.warns(UserWarning, match="No materializer"):
+            materializer_for(declined)
+    store.save_artifact(NeedsArgs(3), "m", materializer=ModuleMaterializer)
     with pytest.raises(MaterializerError, match="no arguments"):
         store.load_artifact("m")
 
