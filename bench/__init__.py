@@ -18,6 +18,7 @@ SCENARIOS: dict[str, str] = {
     "materializers": "bench.materializer_io",
     "transfer": "bench.transfer",
     "peers": "bench.peers",
+    "models": "bench.models",
 }
 """Scenario name -> module (each has TITLE, ABOUT, PARAMS and run(ctx))."""
 

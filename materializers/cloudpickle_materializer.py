@@ -125,14 +125,16 @@ class CloudpickleMaterializer(BaseMaterializer):
 
 def resign_pickles(files: ArtifactFiles) -> int:
     """Sign again, under ``files``' (this store's) secret, every pickle the
-    built-in materializers wrote in this artifact, elements of containers
+    built-in materializers wrote in this artifact (and every other file they
+    signed, named by ``state["signed_file"]``), elements of containers
     included, updating ``files.state`` in place. For
     ``Store.import_(..., trust_pickles=True)``: the caller vouches for the
     bytes. Returns how many pickles were signed."""
     signed = 0
     state = files.state
-    if "signature" in state and PICKLE_FILE in files.names():
-        with files.open_read(PICKLE_FILE) as f:
+    name = state.get("signed_file", PICKLE_FILE)
+    if "signature" in state and isinstance(name, str) and name in files.names():
+        with files.open_read(name) as f:
             chunks = []
             while chunk := f.read(1 << 22):
                 chunks.append(chunk)

@@ -86,6 +86,10 @@ _lazy: dict[str, str] = {
     "pydantic.main:BaseModel": "materializers.pydantic",
     "PIL.Image:Image": "materializers.images",
     "matplotlib.figure:Figure": "materializers.figures",
+    "scipy.sparse._base:_spbase": "materializers.sparse",
+    "sklearn.base:BaseEstimator": "materializers.sklearn",
+    "torch:Tensor": "materializers.torch",
+    "torch.nn.modules.module:Module": "materializers.torch",
 }
 # offered for a type no class of whose MRO is registered: dataclasses share no base
 _DATACLASS = "materializers.stdlib:DataclassMaterializer"
