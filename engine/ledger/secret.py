@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import secrets
 from pathlib import Path
 
 from engine.errors import StoreError
-from engine.ledger.layout import fsync_dir
+from engine.ledger.layout import write_new
 
 
 def fingerprint(secret: bytes) -> bytes:
@@ -25,19 +23,7 @@ def load_secret(root: Path, *, create: bool) -> tuple[bytes, str | None]:
     if create and not path.exists():
         # Written whole to a private file, then linked into place: a crash or a
         # concurrent first open never sees an empty or partial secret.
-        tmp = root / f".secret-{secrets.token_hex(8)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, secrets.token_bytes(32))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-        finally:
-            tmp.unlink()
-        fsync_dir(root)
+        write_new(path, secrets.token_bytes(32))
     try:
         data = path.read_bytes()
     except FileNotFoundError:
