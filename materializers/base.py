@@ -80,7 +80,6 @@ class BaseMaterializer:
                 self.files.open_write(name),
                 encoding="utf-8",
                 newline="\n",
-                write_through=True,
             )
         raise MaterializerError(
             f"Unsupported mode {mode!r} for {name!r}; use 'r', 'rb', 'w' or 'wb'."

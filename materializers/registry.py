@@ -74,6 +74,12 @@ _seen_types: weakref.WeakValueDictionary[str, type] = weakref.WeakValueDictionar
 _lazy: dict[str, str] = {
     "numpy:ndarray": "materializers.numpy",
     "numpy:generic": "materializers.numpy",
+    "pandas:DataFrame": "materializers.pandas",
+    "pandas:Series": "materializers.pandas",
+    "pandas:Index": "materializers.pandas",
+    "polars.dataframe.frame:DataFrame": "materializers.polars",
+    "pyarrow.lib:Table": "materializers.arrow",
+    "pyarrow.lib:RecordBatch": "materializers.arrow",
 }
 # Held while a lazy materializer module is imported: another thread must not see
 # the module in sys.modules before its classes have registered.
