@@ -18,6 +18,7 @@ SCENARIOS: dict[str, str] = {
     "materializers": "bench.materializer_io",
     "transfer": "bench.transfer",
     "peers": "bench.peers",
+    "dataframes": "bench.dataframes",
 }
 """Scenario name -> module (each has TITLE, ABOUT, PARAMS and run(ctx))."""
 
