@@ -19,7 +19,10 @@ imports it only when a pandas value is saved or loaded.
 
 from __future__ import annotations
 
+import threading
 import warnings
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ClassVar, Final
 
 from materializers.arrow import (
@@ -40,6 +43,39 @@ from materializers.cloudpickle_materializer import PICKLE_FILE, CloudpickleMater
 pd = require("pandas", "pandas")
 
 _CONVERSION_ERRORS: Final = (pa.ArrowException, ValueError, TypeError)
+OVERLAP_ROWS: Final = 100_000
+"""From this many rows on, ``describe()`` for the visualizations runs on a side
+thread while ``save`` encodes the parts (it costs about as much as encoding)."""
+
+# id(value) -> (a weak reference to it, its describe() markdown being computed)
+_summaries: dict[int, tuple[weakref.ref[Any], Future[str]]] = {}
+_summaries_lock = threading.Lock()
+_side: ThreadPoolExecutor | None = None
+
+
+def _start_summary(data: Any, frame: Any) -> None:
+    global _side
+    key = id(data)
+    with _summaries_lock:
+        if _side is None:
+            _side = ThreadPoolExecutor(1, thread_name_prefix="artledger-describe")
+        job = _side.submit(_describe_markdown, frame.iloc[:, :METADATA_MAX_COLUMNS])
+        _summaries[key] = (weakref.ref(data), job)
+    weakref.finalize(data, _drop_summary, key, job)
+
+
+def _drop_summary(key: int, job: Future[str]) -> None:
+    with _summaries_lock:
+        if key in _summaries and _summaries[key][1] is job:
+            del _summaries[key]
+
+
+def _take_summary(data: Any) -> Future[str] | None:
+    with _summaries_lock:
+        found = _summaries.pop(id(data), None)
+    if found is None or found[0]() is not data:
+        return None
+    return found[1]
 
 
 def _range(index: Any) -> list[Any] | None:
@@ -78,6 +114,8 @@ class PandasMaterializer(ParquetParts, BaseMaterializer):
 
     def save(self, data: Any) -> None:
         kind, frame = self._frame(data)
+        if kind == "frame" and len(frame) >= OVERLAP_ROWS and frame.shape[1]:
+            _start_summary(data, frame)
         found: dict[str, Any] = {"kind": kind}
         if kind == "series" and data.name is None:
             found["unnamed"] = True
@@ -171,8 +209,9 @@ class PandasMaterializer(ParquetParts, BaseMaterializer):
         frame = frame.iloc[:, :METADATA_MAX_COLUMNS]
         with self.open("head.csv", "w") as f:
             frame.head(HEAD_ROWS).to_csv(f, lineterminator="\n")
+        job = _take_summary(data)
         with self.open("describe.md", "w") as f:
-            f.write(_describe_markdown(frame))
+            f.write(_describe_markdown(frame) if job is None else job.result())
         return {"head.csv": "csv", "describe.md": "markdown"}
 
 

@@ -17,7 +17,11 @@ from engine import Store
 pd = pytest.importorskip("pandas")
 pytest.importorskip("pyarrow")
 
-from materializers.pandas import PandasMaterializer  # noqa: E402
+from materializers.pandas import (  # noqa: E402
+    OVERLAP_ROWS,
+    PandasMaterializer,
+    _describe_markdown,
+)
 
 FRAMES: dict[str, Any] = {
     "basic": lambda: pd.DataFrame({"a": [1, 2, 3], "b": [1.5, None, 3.0], "s": ["x", None, "z"]}),
@@ -93,6 +97,11 @@ def test_large_frame_spans_several_parts(store: Store) -> None:
     parts = [n for n in art.files if n.startswith("parts/")]
     assert parts == [f"parts/{i:05d}.parquet" for i in range(4)]
     _strict_frame_equal(df, store.load_artifact("big"))
+    # describe() ran on a side thread while the parts were written (rows >= OVERLAP_ROWS)
+    assert rows >= OVERLAP_ROWS
+    vis = {name: data.decode() for name, _, data in art.visualizations}
+    assert vis["describe.md"] == _describe_markdown(df)
+    assert "| count | 196625 | 196625 |" in vis["describe.md"]
 
 
 SERIES: dict[str, Any] = {
