@@ -36,21 +36,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ClassVar, Final
 
 from engine.errors import MaterializerError
+from materializers._extras import require
 from materializers.base import BaseMaterializer
-
-
-def require(module: str, extra: str) -> Any:
-    """Import ``module`` or raise an ImportError saying which extra installs it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ImportError(
-            f"{module} is not installed, and this artifact needs it: install it with "
-            f"`pip install 'artledger[{extra}]'` (or `pip install {module}`)."
-        ) from exc
-
 
 pa = require("pyarrow", "arrow")
 pq = require("pyarrow.parquet", "arrow")

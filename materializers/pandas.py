@@ -25,7 +25,12 @@ import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ClassVar, Final
 
-from materializers.arrow import (
+from materializers._extras import require
+
+require("pyarrow", "pandas")  # before materializers.arrow, so the message names this extra
+pd = require("pandas", "pandas")
+
+from materializers.arrow import (  # noqa: E402
     HEAD_ROWS,
     METADATA_MAX_COLUMNS,
     ParquetParts,
@@ -33,14 +38,14 @@ from materializers.arrow import (
     markdown_table,
     pa,
     read_parts,
-    require,
     with_hints,
     write_parts,
 )
-from materializers.base import BaseMaterializer
-from materializers.cloudpickle_materializer import PICKLE_FILE, CloudpickleMaterializer
-
-pd = require("pandas", "pandas")
+from materializers.base import BaseMaterializer  # noqa: E402
+from materializers.cloudpickle_materializer import (  # noqa: E402
+    PICKLE_FILE,
+    CloudpickleMaterializer,
+)
 
 _CONVERSION_ERRORS: Final = (pa.ArrowException, ValueError, TypeError)
 OVERLAP_ROWS: Final = 100_000

@@ -13,20 +13,21 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from materializers.arrow import (
+from materializers._extras import require
+
+require("pyarrow", "polars")  # before materializers.arrow, so the message names this extra
+pl = require("polars", "polars")
+
+from materializers.arrow import (  # noqa: E402
     HEAD_ROWS,
     METADATA_MAX_COLUMNS,
     ParquetParts,
     csv_text,
     markdown_table,
     read_parts,
-    require,
-    table_metadata,
     write_parts,
 )
-from materializers.base import BaseMaterializer
-
-pl = require("polars", "polars")
+from materializers.base import BaseMaterializer  # noqa: E402
 
 
 class PolarsMaterializer(ParquetParts, BaseMaterializer):
@@ -49,14 +50,15 @@ class PolarsMaterializer(ParquetParts, BaseMaterializer):
     def extract_metadata(self, data: Any) -> dict[str, Any]:
         shown = data.columns[:METADATA_MAX_COLUMNS]
         nulls = data.select(shown).null_count().row(0) if shown else ()
-        meta = table_metadata(data.select(shown).to_arrow().slice(0, 0))
-        meta.update(
-            rows=int(data.height),
-            columns=int(data.width),
-            dtypes={name: str(data.schema[name]) for name in shown},
-            null_counts={name: int(n) for name, n in zip(shown, nulls, strict=True)},
-            memory_bytes=int(data.estimated_size()),
-        )
+        meta: dict[str, Any] = {
+            "rows": int(data.height),
+            "columns": int(data.width),
+            "dtypes": {name: str(data.schema[name]) for name in shown},
+            "null_counts": {name: int(n) for name, n in zip(shown, nulls, strict=True)},
+            "memory_bytes": int(data.estimated_size()),
+        }
+        if data.width > METADATA_MAX_COLUMNS:
+            meta["columns_shown"] = METADATA_MAX_COLUMNS
         return meta
 
     def save_visualizations(self, data: Any) -> dict[str, str]:
