@@ -109,7 +109,7 @@ def write_parts(mat: BaseMaterializer, table: Any, fmt: type[ParquetParts]) -> N
         )
         return sink.getvalue()
 
-    jobs = ((lambda s=s: encode(s)) for s in starts)
+    jobs = (functools.partial(encode, start) for start in starts)
     for i, buf in enumerate(_ordered(jobs, _workers())):
         with mat.open(f"{PART_DIR}/{i:05d}.parquet", "wb") as f:
             f.write(memoryview(buf))
