@@ -65,6 +65,8 @@ class BaseMaterializer:
 
         Modes: "r", "w" (UTF-8 text; "\\n" is written as is, reading accepts
         any newline) and "rb", "wb". ``name`` is relative and may contain "/".
+        Text writes are buffered (so are the engine's binary ones): the file is
+        complete once closed.
         """
         # The engine's file-handle module loads the chunk machinery: import it only
         # once a file is opened, so ``import materializers`` stays cheap.

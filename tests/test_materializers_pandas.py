@@ -247,3 +247,41 @@ def test_missing_pandas_names_the_extra(tmp_path: Path) -> None:
     )
     assert "MaterializerError" in out.stdout
     assert "pip install 'artledger[pandas]'" in out.stdout
+
+
+def test_text_writes_through_open_are_buffered_and_exact(store: Store) -> None:
+    from materializers import BaseMaterializer
+
+    class Csv:
+        def __init__(self, frame: Any) -> None:
+            self.frame = frame
+
+    class CsvText(BaseMaterializer):
+        SKIP_REGISTRATION = True
+
+        def save(self, data: Csv) -> None:
+            with self.open("data.csv", "w") as f:
+                data.frame.to_csv(f)
+
+        def load(self, data_type: type) -> str:
+            with self.open("data.csv", "rb") as f:
+                return f.read().decode()
+
+    df = pd.DataFrame({"a": np.arange(50_000), "s": ["x,y", "é"] * 25_000})
+    store.save_artifact(Csv(df), "csv", materializer=CsvText)
+    assert store.load_artifact("csv") == df.to_csv(lineterminator="\n")
+
+
+def test_engine_write_handles_are_buffered(store: Store) -> None:
+    import io
+
+    from engine.storage.files import WRITE_BUFFER, WriteFiles
+
+    session = store.ledger.chunks.session()
+    with session:
+        files = WriteFiles(session, b"key")
+        with files.open_write("x.bin") as f:
+            assert isinstance(f, io.BufferedWriter)
+            for i in range(10_000):
+                f.write(i.to_bytes(4, "big"))
+        assert files.entries["x.bin"].size == 40_000 and WRITE_BUFFER >= 64 << 10
