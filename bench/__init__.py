@@ -19,6 +19,7 @@ SCENARIOS: dict[str, str] = {
     "transfer": "bench.transfer",
     "peers": "bench.peers",
     "models": "bench.models",
+    "dataframes": "bench.dataframes",
 }
 """Scenario name -> module (each has TITLE, ABOUT, PARAMS and run(ctx))."""
 

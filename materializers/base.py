@@ -65,6 +65,8 @@ class BaseMaterializer:
 
         Modes: "r", "w" (UTF-8 text; "\\n" is written as is, reading accepts
         any newline) and "rb", "wb". ``name`` is relative and may contain "/".
+        Text writes are buffered (so are the engine's binary ones): the file is
+        complete once closed.
         """
         # The engine's file-handle module loads the chunk machinery: import it only
         # once a file is opened, so ``import materializers`` stays cheap.
@@ -80,7 +82,6 @@ class BaseMaterializer:
                 self.files.open_write(name),
                 encoding="utf-8",
                 newline="\n",
-                write_through=True,
             )
         raise MaterializerError(
             f"Unsupported mode {mode!r} for {name!r}; use 'r', 'rb', 'w' or 'wb'."

@@ -90,6 +90,12 @@ _lazy: dict[str, str] = {
     "sklearn.base:BaseEstimator": "materializers.sklearn",
     "torch:Tensor": "materializers.torch",
     "torch.nn.modules.module:Module": "materializers.torch",
+    "pandas:DataFrame": "materializers.pandas",
+    "pandas:Series": "materializers.pandas",
+    "pandas:Index": "materializers.pandas",
+    "polars.dataframe.frame:DataFrame": "materializers.polars",
+    "pyarrow.lib:Table": "materializers.arrow",
+    "pyarrow.lib:RecordBatch": "materializers.arrow",
 }
 # offered for a type no class of whose MRO is registered: dataclasses share no base
 _DATACLASS = "materializers.stdlib:DataclassMaterializer"
