@@ -165,8 +165,7 @@ def read_parts(mat: BaseMaterializer) -> Any:
 
     def decode(name: str, data: bytearray) -> Any:
         try:
-            # One thread per part: the parts are already decoded in parallel.
-            return pq.ParquetFile(pa.BufferReader(pa.py_buffer(data))).read(use_threads=False)
+            return pq.ParquetFile(pa.BufferReader(pa.py_buffer(data))).read()
         except (pa.ArrowException, OSError) as exc:
             raise MaterializerError(f"{name} is not a readable Parquet file: {exc}") from exc
 
