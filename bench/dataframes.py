@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,17 @@ def _dedup(ctx: Context, res: Result, tmp: Path, p: dict[str, Any]) -> None:
     res.add(first_row)
 
 
+def _interleaved(
+    jobs: list[tuple[Callable[[Any], Any], Callable[[], Any] | None]], repeats: int
+) -> list[float]:
+    """Median wall time of each ``fn(setup())``, the jobs taking turns in every repeat."""
+    times: list[list[float]] = [[] for _ in jobs]
+    for _ in range(max(1, repeats)):
+        for (fn, setup), out in zip(jobs, times, strict=True):
+            out.append(median_time(fn, 1, setup))
+    return [statistics.median(t) for t in times]
+
+
 def _speed(ctx: Context, res: Result, tmp: Path, p: dict[str, Any]) -> None:
     import pandas as pd
 
@@ -152,18 +164,28 @@ def _speed(ctx: Context, res: Result, tmp: Path, p: dict[str, Any]) -> None:
         return stores[-1]
 
     ctx.log("dataframes: save/load speed")
-    save = median_time(lambda s: s.save_artifact(df, "df"), ctx.repeats, fresh)
-    pq_save = median_time(
-        lambda _: _fsynced(df.to_parquet, new_path(tmp, "df.parquet")), ctx.repeats
+    # Interleaved (ours, then each baseline, in every repeat): the machine's load
+    # drifts, and a baseline timed a few seconds later may see a different machine.
+    save, pq_save, pk_save = _interleaved(
+        [
+            (lambda st: st.save_artifact(df, "df"), fresh),
+            (lambda _: _fsynced(df.to_parquet, new_path(tmp, "df.parquet")), None),
+            (lambda _: _pickle_save(df, new_path(tmp, "df.pkl")), None),
+        ],
+        ctx.repeats,
     )
-    pk_save = median_time(lambda _: _pickle_save(df, new_path(tmp, "df.pkl")), ctx.repeats)
     s = stores[-1]
     pd.testing.assert_frame_equal(s.load_artifact("df"), df)
     df.to_parquet(tmp / "df.parquet")
     _pickle_save(df, tmp / "df.pkl")
-    load = median_time(lambda _: s.load_artifact("df"), ctx.repeats)
-    pq_load = median_time(lambda _: pd.read_parquet(tmp / "df.parquet"), ctx.repeats)
-    pk_load = median_time(lambda _: _pickle_load(tmp / "df.pkl"), ctx.repeats)
+    load, pq_load, pk_load = _interleaved(
+        [
+            (lambda _: s.load_artifact("df"), None),
+            (lambda _: pd.read_parquet(tmp / "df.parquet"), None),
+            (lambda _: _pickle_load(tmp / "df.pkl"), None),
+        ],
+        ctx.repeats,
+    )
     s.close()
     n = f"{p['rows']:,}-row DataFrame"
     goal = ("ratio>=", 0.8)

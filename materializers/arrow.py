@@ -64,6 +64,8 @@ class ParquetParts:
     """Parquet's own compression (pyarrow's default level). zstd pages leave the
     engine's chunk compression nothing to do: smaller and faster than snappy plus
     the engine's zstd."""
+    COMPRESSION_LEVEL: ClassVar[int | None] = None
+    """The codec's level; ``None`` for pyarrow's default."""
 
 
 def _workers() -> int:
@@ -104,8 +106,12 @@ def write_parts(mat: BaseMaterializer, table: Any, fmt: type[ParquetParts]) -> N
             sink,
             row_group_size=step,
             compression=fmt.COMPRESSION,
+            compression_level=fmt.COMPRESSION_LEVEL,
             use_dictionary=dictionary,
             use_content_defined_chunking=fmt.CONTENT_DEFINED_CHUNKING,
+            # Parts are always read whole: min/max statistics would cost ~10% of the
+            # encoding time and never be used.
+            write_statistics=False,
         )
         return sink.getvalue()
 

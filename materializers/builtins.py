@@ -290,7 +290,7 @@ class BuiltinsMaterializer(BaseMaterializer):
     def _save_element(self, value: Any, at: str, states: dict[str, dict[str, Any]]) -> Any:
         if is_plain(value):
             return {"inline": value}  # encoded with the structure
-        cls = registry.materializer_for(type(value))
+        cls = registry.materializer_for_value(value)
         sub = self.files.sub(at)
         sub.state = {}
         cls(sub).save(value)

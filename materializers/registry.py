@@ -14,6 +14,10 @@ Rules (the contract the engine and users rely on):
   subclass of ``Animal`` uses ``Animal``'s materializer unless it has its own.
 * With nothing found it falls back to the cloudpickle materializer and says so
   with a :class:`UserWarning`.
+* Saving chooses by value (:func:`materializer_for_value`): the same, except
+  that an ``OrderedDict`` of torch tensors (a ``state_dict()``) goes to the
+  torch materializer when torch is already imported and no user materializer
+  claims ``OrderedDict``.
 
 Classes (materializers and data types) are named ``"module:QualName"``.
 Renamed classes keep loading through aliases (:func:`register_alias`).
@@ -43,6 +47,7 @@ import sys
 import threading
 import warnings
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -202,6 +207,10 @@ def materializer_for(data_type: type) -> type[BaseMaterializer]:
     Falls back to the cloudpickle materializer with a ``UserWarning`` naming the
     type and how to register a proper one.
     """
+    return _materializer_for(data_type, stacklevel=3)
+
+
+def _materializer_for(data_type: type, stacklevel: int) -> type[BaseMaterializer]:
     mro = getattr(data_type, "__mro__", None)
     if mro is None:
         raise MaterializerError(f"materializer_for() takes a type, got {data_type!r}.")
@@ -226,9 +235,38 @@ def materializer_for(data_type: type) -> type[BaseMaterializer]:
         "runs code when loaded. Register one with `@register` (a BaseMaterializer "
         f"subclass with ASSOCIATED_TYPES = ({name},)) or pass `output_materializers=`.",
         UserWarning,
-        stacklevel=2,
+        stacklevel=stacklevel,
     )
     return _builtin(_FALLBACK)
+
+
+# A torch state_dict is an OrderedDict of tensors: the value, not its type, says so.
+_STATE_DICT = "materializers.torch:StateDictMaterializer"
+
+
+def _is_state_dict(obj: Any) -> bool:
+    """An ``OrderedDict`` with only ``str`` keys and plain ``torch.Tensor`` values
+    (torch is never imported here: without it in ``sys.modules`` there are no tensors)."""
+    torch = sys.modules.get("torch")
+    tensor = getattr(torch, "Tensor", None)
+    if tensor is None or type(obj) is not OrderedDict or not obj:
+        return False
+    return all(type(k) is str and type(v) is tensor for k, v in obj.items())
+
+
+def materializer_for_value(obj: Any) -> type[BaseMaterializer]:
+    """The materializer that saves ``obj``: :func:`materializer_for` of its type,
+    except that an ``OrderedDict`` holding only tensors (``module.state_dict()``)
+    goes to the torch materializer, unless a user materializer is registered
+    for ``OrderedDict``. Every other ``OrderedDict`` is left to
+    :func:`materializer_for` (the cloudpickle fallback, with its warning)."""
+    current = _by_type.get(OrderedDict)
+    if (current is None or _is_builtin(current)) and _is_state_dict(obj):
+        with _lazy_lock:
+            cls = _builtin(_STATE_DICT)
+            _loaded.add(_STATE_DICT.partition(":")[0])
+        return cls
+    return _materializer_for(type(obj), stacklevel=3)
 
 
 def registered() -> dict[type, type[BaseMaterializer]]:

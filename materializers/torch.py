@@ -11,10 +11,16 @@
   needs arguments cannot be rebuilt that way: this materializer declines it
   (``can_handle_type``), so it falls back to the signed pickle with the usual
   warning (save ``dict(model.state_dict())`` instead).
+* ``model.state_dict()`` (an ``OrderedDict`` whose keys are ``str`` and whose
+  values are all plain tensors; the registry picks this materializer by value,
+  see :func:`materializers.registry.materializer_for_value`) ->
+  ``state_dict.safetensors``, the tensors in order; the dict's ``_metadata``
+  (the module versions ``load_state_dict`` reads) is kept in ``__metadata__``.
+  It loads as an ``OrderedDict`` of CPU tensors. Other ``OrderedDict`` values
+  are not this materializer's (they fall back to the signed pickle).
 * A ``dict`` of tensors (``dict(model.state_dict())``) is a container of
   tensors: each is its own ``.safetensors`` file (the built-in container
-  materializer). ``state_dict()`` itself returns an ``OrderedDict``, which no
-  built-in materializer claims; convert it with ``dict(...)``.
+  materializer).
 
 Tensors are streamed: written from their memory (copied only when not
 contiguous or not on the CPU) and read straight into freshly allocated
@@ -26,8 +32,11 @@ looked up.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Iterator
+import json
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Final
 
 from engine.errors import MaterializerError
@@ -45,6 +54,8 @@ from materializers.base import BaseMaterializer
 
 TENSOR_FILE: Final = "tensor.safetensors"
 MODEL_FILE: Final = "model.safetensors"
+STATE_DICT_FILE: Final = "state_dict.safetensors"
+VERSIONS_KEY: Final = "state_dict_metadata"
 PREVIEW_MAX_ROWS: Final = 200
 
 _CODES: Final[dict[torch.dtype, str]] = {
@@ -94,7 +105,7 @@ def _as_entry(name: str, tensor: torch.Tensor) -> safetensors_io.Tensor:
     return safetensors_io.Tensor(name, code, tuple(dense.shape), raw.data)
 
 
-def _tensors(state: dict[str, torch.Tensor]) -> Iterator[safetensors_io.Tensor]:
+def _tensors(state: Mapping[str, torch.Tensor]) -> Iterator[safetensors_io.Tensor]:
     for name, tensor in state.items():
         yield _as_entry(name, tensor)
 
@@ -276,6 +287,61 @@ class ModuleMaterializer(BaseMaterializer):
         for i, (name, t) in enumerate(data.state_dict().items()):
             if i == PREVIEW_MAX_ROWS:
                 lines.append(f"| ... | {meta['tensors'] - i} more | |")
+                break
+            lines.append(f"| {name} | `{list(t.shape)}` | {str(t.dtype).removeprefix('torch.')} |")
+        with self.open("summary.md", "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return {"summary.md": "markdown"}
+
+
+class StateDictMaterializer(BaseMaterializer):
+    """``module.state_dict()``: an ``OrderedDict`` of tensors as one safetensors file.
+
+    Registered for no type: the registry chooses it by value
+    (:func:`materializers.registry.materializer_for_value`), because a plain
+    ``OrderedDict`` must keep falling back to the signed pickle."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type, ...]] = ()
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[str] = "model"
+    VERSION: ClassVar[int] = 1
+
+    @classmethod
+    def can_handle_type(cls, data_type: type) -> bool:
+        return data_type is OrderedDict
+
+    def save(self, data: Any) -> None:
+        metadata: dict[str, str] = {}
+        versions = getattr(data, "_metadata", None)
+        if versions is not None:
+            # Not plain data: left out, and load_state_dict assumes current versions.
+            with contextlib.suppress(TypeError, ValueError):
+                metadata[VERSIONS_KEY] = json.dumps(versions)
+        with self.open(STATE_DICT_FILE, "wb") as f:
+            safetensors_io.write(f, _tensors(data), metadata)
+
+    def load(self, data_type: type) -> Any:
+        tensors, metadata = _read(self, STATE_DICT_FILE)
+        state: OrderedDict[str, torch.Tensor] = OrderedDict(tensors)
+        if VERSIONS_KEY in metadata:
+            try:
+                state._metadata = json.loads(metadata[VERSIONS_KEY])  # type: ignore[attr-defined]
+            except ValueError as exc:
+                raise MaterializerError(f"{STATE_DICT_FILE}: bad {VERSIONS_KEY}: {exc}") from exc
+        return state
+
+    def extract_metadata(self, data: Any) -> dict[str, Any]:
+        return {
+            "tensors": len(data),
+            "parameters": int(sum(t.numel() for t in data.values())),
+            "bytes": int(sum(t.numel() * t.element_size() for t in data.values())),
+            "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in data.values()}),
+        }
+
+    def save_visualizations(self, data: Any) -> dict[str, str]:
+        lines = ["# state_dict", "", "| tensor | shape | dtype |", "| --- | --- | --- |"]
+        for i, (name, t) in enumerate(data.items()):
+            if i == PREVIEW_MAX_ROWS:
+                lines.append(f"| ... | {len(data) - i} more | |")
                 break
             lines.append(f"| {name} | `{list(t.shape)}` | {str(t.dtype).removeprefix('torch.')} |")
         with self.open("summary.md", "w") as f:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,13 @@ import safetensors.torch as stt  # noqa: E402
 
 from engine import Store  # noqa: E402
 from engine.errors import MaterializerError  # noqa: E402
-from materializers import materializer_for  # noqa: E402
-from materializers.torch import ModuleMaterializer, TensorMaterializer  # noqa: E402
+from materializers import BaseMaterializer, materializer_for, registry  # noqa: E402
+from materializers.cloudpickle_materializer import CloudpickleMaterializer  # noqa: E402
+from materializers.torch import (  # noqa: E402
+    ModuleMaterializer,
+    StateDictMaterializer,
+    TensorMaterializer,
+)
 
 
 class Net(torch.nn.Module):  # type: ignore[misc]
@@ -191,3 +198,90 @@ def test_missing_torch_names_the_extra(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "pip install 'artledger[torch]'" in out.stdout
+
+
+def test_state_dict_is_one_safetensors_file(store: Store, tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    net = Net().eval()
+    state = net.state_dict()
+    assert type(state) is OrderedDict
+    assert registry.materializer_for_value(state) is StateDictMaterializer
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no cloudpickle warning
+        art = store.save_artifact(state, "sd")
+    assert art.artifact_type == "model"
+    assert "state_dict.safetensors" in [f[0] for f in art.record()["files"]]
+    got = art.load()
+    assert type(got) is OrderedDict and list(got) == list(state)
+    assert all(torch.equal(got[k], v) and got[k].dtype == v.dtype for k, v in state.items())
+    assert got._metadata == state._metadata  # the versions load_state_dict reads
+    fresh = Net().eval()
+    fresh.load_state_dict(got)
+    x = torch.randn(3, 4)
+    assert torch.equal(fresh(x), net(x))
+    assert art.metadata["tensors"] == len(state)
+    assert art.metadata["bytes"] == sum(t.numel() * t.element_size() for t in state.values())
+    assert "| l1.weight | `[8, 4]` | float32 |" in art.visualizations[0][2].decode()
+    paths = store.get_artifact("sd").export_files(tmp_path / "out")
+    [path] = [p for p in paths if Path(p).name == "state_dict.safetensors"]
+    assert list(stt.load_file(path)) == list(state)
+
+
+def test_state_dict_inside_a_container(store: Store) -> None:
+    state = Net().state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = store.save_artifact({"model": state, "step": 3}, "ckpt").load()
+    assert got["step"] == 3 and type(got["model"]) is OrderedDict
+    assert all(torch.equal(got["model"][k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        OrderedDict(),
+        OrderedDict(a=torch.ones(2), b=1),
+        OrderedDict([(1, torch.ones(2))]),
+        OrderedDict(w=torch.nn.Parameter(torch.ones(2))),  # state_dict(keep_vars=True)
+    ],
+    ids=["empty", "mixed", "int-key", "parameter"],
+)
+def test_other_ordered_dicts_still_fall_back(store: Store, value: Any) -> None:
+    with pytest.warns(UserWarning, match="No materializer for type `OrderedDict`"):
+        assert registry.materializer_for_value(value) is CloudpickleMaterializer
+    with pytest.warns(UserWarning, match="No materializer for type `OrderedDict`"):
+        store.save_artifact(value, "od")
+    with pytest.warns(UserWarning, match="No materializer for type `OrderedDict`"):
+        assert materializer_for(OrderedDict) is CloudpickleMaterializer
+
+
+def test_user_materializer_for_ordered_dict_wins() -> None:
+    with registry.temporary_registrations():
+
+        class Mine(BaseMaterializer):
+            ASSOCIATED_TYPES = (OrderedDict,)
+
+        assert registry.materializer_for_value(Net().state_dict()) is Mine
+
+
+def test_choosing_by_value_does_not_import_torch() -> None:
+    code = """
+        import sys, warnings
+        from collections import OrderedDict
+        from materializers import registry
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            cls = registry.materializer_for_value(OrderedDict(a=1))
+        assert cls.__name__ == "CloudpickleMaterializer", cls
+        assert "torch" not in sys.modules
+        """
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 0, out.stderr

@@ -88,7 +88,7 @@ def prepare(
     if metadata is not None and not isinstance(metadata, Mapping):
         raise InvalidArgumentError("metadata must be a mapping of str to plain values")
     user_meta = plain(dict(metadata or {}), where="metadata")
-    cls = materializer or registry.materializer_for(type(obj))
+    cls = materializer or registry.materializer_for_value(obj)
     ident = registry.identity(cls)
     session = session or ledger.chunks.session()
     files = WriteFiles(session, ledger.secret, secret_problem=ledger.secret_problem)
