@@ -42,6 +42,25 @@ def _key(i: int) -> str:
     return f"{i:032x}"
 
 
+def seed_artifact(store: Store) -> tuple[Any, dict[str, Any]]:
+    """A real artifact version, and the fields synthetic ``artifact.written``
+    events copy from it (so every synthetic version loads as its bytes)."""
+    seed = store.save_artifact({"synthetic": True}, "bench.seed")
+    rec = seed.record()
+    keys = (
+        "content_hash",
+        "data_type",
+        "materializer",
+        "materializer_version",
+        "artifact_type",
+        "files",
+        "state",
+        "metadata",
+        "size",
+    )
+    return seed, {k: rec[k] for k in keys}
+
+
 def generate(
     store: Store,
     target_events: int,
@@ -52,21 +71,7 @@ def generate(
 ) -> Synth:
     """Append about ``target_events`` synthetic events (stopping early when
     ``budget_s`` runs out); the first ``deep`` steps form one chain."""
-    seed = store.save_artifact({"synthetic": True}, "bench.seed")
-    rec = seed.record()
-    base = {
-        k: rec[k]
-        for k in (
-            "content_hash",
-            "data_type",
-            "materializer",
-            "materializer_version",
-            "artifact_type",
-            "files",
-            "state",
-            "metadata",
-        )
-    }
+    seed, base = seed_artifact(store)
     out = Synth()
     start = time.perf_counter()
     prev_aid = seed.id
@@ -122,7 +127,7 @@ def generate(
                 tags=[],
                 producer=sid,
                 run=run_id,
-                size=int(rec["size"]),
+                size=int(base["size"]),
             )
             records.append(("artifact.written", d))
             src = prev_aid if (in_chain or step_i % RUN_STEPS) else seed.id

@@ -49,26 +49,13 @@ class Row:
 
 def build(path: Path, runs: int, steps: int, pipelines: int = 100) -> dict[str, Any]:
     """A store of ``runs`` runs of ``steps`` chained steps each (one artifact per step)."""
+    from bench.synth import seed_artifact
     from engine import Store
     from engine.projections import apply
 
     t0 = time.perf_counter()
     with Store.open(path) as store:
-        seed = store.save_artifact({"synthetic": True}, "bench.seed")
-        rec = seed.record()
-        base = {
-            k: rec[k]
-            for k in (
-                "content_hash",
-                "data_type",
-                "materializer",
-                "materializer_version",
-                "artifact_type",
-                "files",
-                "state",
-                "metadata",
-            )
-        }
+        seed, base = seed_artifact(store)
         batch: list[tuple[str, dict[str, Any]]] = []
         n = 0
 
@@ -114,7 +101,7 @@ def build(path: Path, runs: int, steps: int, pipelines: int = 100) -> dict[str, 
                     tags=["best"] if n % 100 == 0 else [],
                     producer=sid,
                     run=rid,
-                    size=int(rec["size"]),
+                    size=int(base["size"]),
                 )
                 batch.append(("artifact.written", d))
                 batch.append(
