@@ -25,8 +25,7 @@ from engine.events import (
     RUN_DELETED,
 )
 from engine.ledger.artifacts import check_tags, commit_artifacts, plain, prepare
-from engine.ledger.core import Ledger, _ChunkGoneError, retry_on_concurrent_gc
-from engine.ledger.core import record_container_state as record_segment_ends
+from engine.ledger.core import Ledger, retry_on_concurrent_gc
 from engine.ledger.layout import Identity
 from engine.ledger.opening import Options, memory_ledger, open_ledger
 from engine.projections.records import damage_boundary
@@ -46,10 +45,8 @@ DEFAULT_DIR = ".artledger"
 __all__ = [
     "DEFAULT_DIR",
     "Store",
-    "_ChunkGoneError",
     "default_path",
     "plain",
-    "record_segment_ends",
 ]
 
 
