@@ -116,7 +116,7 @@ class Ledger:
     def container_state(self) -> dict[str, int]:
         """The blob store's container state as committed (pack segment ends)."""
         with self.snapshot() as txn:
-            return {k.decode(): _Q.unpack(v)[0] for k, v in txn.scan("segments")}
+            return read_container_state(txn)
 
     # -- opening -------------------------------------------------------------------
     def _init(self, create: bool, identity: Identity | None) -> None:
@@ -328,6 +328,11 @@ class Ledger:
             return n
 
         return self.kv.write(fn)
+
+
+def read_container_state(txn: Txn) -> dict[str, int]:
+    """The container state recorded in ``txn`` (what :func:`record_container_state` wrote)."""
+    return {k.decode(): _Q.unpack(v)[0] for k, v in txn.scan("segments")}
 
 
 def record_container_state(txn: Txn, state: Mapping[str, int]) -> None:

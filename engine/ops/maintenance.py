@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from engine import failpoints
 from engine.errors import ArtledgerError, IntegrityError
 from engine.events import GC_COMPLETED
+from engine.ledger.core import read_container_state
 from engine.projections import PROJECTION_DBS, STORE_DATABASES, fold
 from engine.projections.records import DECODE_ERRORS, damage_boundary, manifests, record
 from engine.storage.blobs import BlobStore, Location
@@ -187,7 +188,7 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
 
     def packs(txn: Txn) -> None:
         # The blob store's containers (pack files) against the recorded state.
-        state = {k.decode(): int.from_bytes(v, "big") for k, v in txn.scan("segments")}
+        state = read_container_state(txn)
 
         def referenced(name: str) -> bool:
             for _, v in txn.scan("chunks"):
@@ -304,7 +305,7 @@ def _pack_layout(
     txn: Txn,
 ) -> tuple[dict[str, int], dict[str, int], dict[str, list[tuple[bytes, ChunkRecord]]]]:
     """(committed end, live payload bytes, chunks) of every pack segment."""
-    ends = {k.decode(): int.from_bytes(v, "big") for k, v in txn.scan("segments")}
+    ends = read_container_state(txn)
     live_bytes: dict[str, int] = defaultdict(int)
     members: dict[str, list[tuple[bytes, ChunkRecord]]] = defaultdict(list)
     for digest, raw in txn.scan("chunks"):
