@@ -189,6 +189,26 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def pickle_save(obj: Any, path: Path, dump: Callable[..., Any] | None = None) -> None:
+    """``obj`` pickled (protocol 5) to ``path`` and fsynced: the baseline of
+    the materializer scenarios (``dump``: ``cloudpickle.dump`` for objects plain
+    pickle cannot take; default ``pickle.dump``)."""
+    import pickle
+
+    with open(path, "wb") as f:
+        (dump or pickle.dump)(obj, f, protocol=5)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def pickle_load(path: Path) -> Any:
+    """What :func:`pickle_save` wrote."""
+    import pickle
+
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
 def disk_bytes(path: Path) -> int:
     """Bytes allocated on disk under ``path`` (st_blocks, so sparse maps count as used)."""
     total = 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -11,7 +10,17 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import Context, MiB, Result, Row, median_time, new_path
+from bench.common import (
+    Context,
+    MiB,
+    Result,
+    Row,
+    fsync_path,
+    median_time,
+    new_path,
+    pickle_load,
+    pickle_save,
+)
 
 TITLE = "DataFrames"
 ABOUT = (
@@ -82,29 +91,15 @@ def _new_bytes(store_dir: Path, chunk: int, cls: type, first: Any, grown: Any) -
     return a, b - a
 
 
-def _fsynced(write: Any, path: Path) -> None:
-    write(path)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _to_parquet(df: Any, path: Path) -> None:
+    df.to_parquet(path)
+    fsync_path(path)
 
 
-def _pickle_save(obj: Any, path: Path) -> None:
+def _cloudpickle_save(obj: Any, path: Path) -> None:
     import cloudpickle
 
-    with open(path, "wb") as f:
-        cloudpickle.dump(obj, f, protocol=5)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _pickle_load(path: Path) -> Any:
-    import pickle
-
-    with open(path, "rb") as f:
-        return pickle.load(f)
+    pickle_save(obj, path, cloudpickle.dump)
 
 
 def _dedup(ctx: Context, res: Result, tmp: Path, p: dict[str, Any]) -> None:
@@ -169,20 +164,20 @@ def _speed(ctx: Context, res: Result, tmp: Path, p: dict[str, Any]) -> None:
     save, pq_save, pk_save = _interleaved(
         [
             (lambda st: st.save_artifact(df, "df"), fresh),
-            (lambda _: _fsynced(df.to_parquet, new_path(tmp, "df.parquet")), None),
-            (lambda _: _pickle_save(df, new_path(tmp, "df.pkl")), None),
+            (lambda _: _to_parquet(df, new_path(tmp, "df.parquet")), None),
+            (lambda _: _cloudpickle_save(df, new_path(tmp, "df.pkl")), None),
         ],
         ctx.repeats,
     )
     s = stores[-1]
     pd.testing.assert_frame_equal(s.load_artifact("df"), df)
     df.to_parquet(tmp / "df.parquet")
-    _pickle_save(df, tmp / "df.pkl")
+    _cloudpickle_save(df, tmp / "df.pkl")
     load, pq_load, pk_load = _interleaved(
         [
             (lambda _: s.load_artifact("df"), None),
             (lambda _: pd.read_parquet(tmp / "df.parquet"), None),
-            (lambda _: _pickle_load(tmp / "df.pkl"), None),
+            (lambda _: pickle_load(tmp / "df.pkl"), None),
         ],
         ctx.repeats,
     )

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import pickle
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.common import Context, MiB, Result, Row, median_time, new_path
+from bench.common import (
+    Context,
+    MiB,
+    Result,
+    Row,
+    median_time,
+    new_path,
+    pickle_load,
+    pickle_save,
+)
 
 TITLE = "Materializers"
 ABOUT = (
@@ -23,18 +29,6 @@ PARAMS: dict[str, dict[str, Any]] = {
     "small": {"small_n": 1000, "small_len": 128, "big_mib": 8},
     "full": {"small_n": 1000, "small_len": 128, "big_mib": 32},
 }
-
-
-def _pickle_save(obj: Any, path: Path) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=5)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _pickle_load(path: Path) -> Any:
-    with open(path, "rb") as f:
-        return pickle.load(f)
 
 
 def run(ctx: Context) -> Result:
@@ -64,14 +58,14 @@ def run(ctx: Context) -> Result:
 
             save = median_time(lambda s, o=obj: s.save_artifact(o, "obj"), ctx.repeats, fresh)
             psave = median_time(
-                lambda _, o=obj: _pickle_save(o, new_path(tmp, "o.pkl")), ctx.repeats
+                lambda _, o=obj: pickle_save(o, new_path(tmp, "o.pkl")), ctx.repeats
             )
-            _pickle_save(obj, tmp / "o.pkl")  # the file the load baseline reads
+            pickle_save(obj, tmp / "o.pkl")  # the file the load baseline reads
             s = stores[-1]
             back = s.load_artifact("obj")
             assert type(back) is type(obj) and len(back) == len(obj)
             load = median_time(lambda _, s=s: s.load_artifact("obj"), ctx.repeats)
-            pload = median_time(lambda _: _pickle_load(tmp / "o.pkl"), ctx.repeats)
+            pload = median_time(lambda _: pickle_load(tmp / "o.pkl"), ctx.repeats)
             res.add(Row(f"{label}: save", save * 1e3, "ms", psave * 1e3, "pickle+fsync"))
             res.add(Row(f"{label}: load", load * 1e3, "ms", pload * 1e3, "pickle.load"))
             s.close()

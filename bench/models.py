@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.common import Context, MiB, Result, Row, median_time, new_path
+from bench.common import (
+    Context,
+    MiB,
+    Result,
+    Row,
+    fsync_path,
+    median_time,
+    new_path,
+    pickle_load,
+    pickle_save,
+)
 
 TITLE = "Models and sparse matrices"
 ABOUT = (
@@ -27,21 +36,6 @@ PARAMS: dict[str, dict[str, Any]] = {
     "small": {"model_mib": 64, "nnz": 2_000_000, "trees": 50},
     "full": {"model_mib": 256, "nnz": 8_000_000, "trees": 200},
 }
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pickle_save(obj: Any, path: Path) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=5)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _fresh(tmp: Path, stores: list[Any]) -> Any:
@@ -74,7 +68,7 @@ def _torch_rows(ctx: Context, res: Result, tmp: Path, model_mib: int) -> None:
     def st_save() -> None:
         path = new_path(tmp, "m.safetensors")
         stt.save_file(state, str(path))
-        _fsync(path)
+        fsync_path(path)
 
     def torch_save() -> None:
         with open(new_path(tmp, "m.pt"), "wb") as f:
@@ -153,7 +147,7 @@ def run(ctx: Context) -> Result:
         def npz_save() -> None:
             path = new_path(tmp, "m.npz")
             sp.save_npz(path, m, compressed=False)
-            _fsync(path)
+            fsync_path(path)
 
         npz = median_time(lambda _: npz_save(), ctx.repeats)
         sp.save_npz(tmp / "m.npz", m, compressed=False)
@@ -177,16 +171,12 @@ def run(ctx: Context) -> Result:
         save = median_time(
             lambda s: s.save_artifact(forest, "rf"), ctx.repeats, lambda: _fresh(tmp, stores)
         )
-        psave = median_time(lambda _: _pickle_save(forest, new_path(tmp, "rf.pkl")), ctx.repeats)
-        _pickle_save(forest, tmp / "rf.pkl")
+        psave = median_time(lambda _: pickle_save(forest, new_path(tmp, "rf.pkl")), ctx.repeats)
+        pickle_save(forest, tmp / "rf.pkl")
         store = stores[-1]
         load = median_time(lambda _: store.load_artifact("rf"), ctx.repeats)
 
-        def pload() -> Any:
-            with open(tmp / "rf.pkl", "rb") as f:
-                return pickle.load(f)
-
-        pl = median_time(lambda _: pload(), ctx.repeats)
+        pl = median_time(lambda _: pickle_load(tmp / "rf.pkl"), ctx.repeats)
         res.add(Row(f"{label}: save", save * 1e3, "ms", psave * 1e3, "pickle+fsync"))
         res.add(Row(f"{label}: load", load * 1e3, "ms", pl * 1e3, "pickle.load"))
         store.close()
