@@ -208,14 +208,13 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
         fresh = MemoryKV(STORE_DATABASES)
         w = fresh.unsafe_writer()
         fold(w, store.ledger.log.read(txn))
-        ftxn = fresh.read()
         for db in PROJECTION_DBS:
             try:
                 live_items = list(txn.scan(db))
             except ArtledgerError as e:
                 report.problems.append(f"projection {db!r} cannot be read: {e}")
                 continue
-            fresh_items = list(ftxn.scan(db))
+            fresh_items = list(w.scan(db))
             if live_items != fresh_items:
                 report.problems.append(
                     f"projection {db!r} differs from a fresh fold of the log "
