@@ -23,16 +23,19 @@ if TYPE_CHECKING:
     from engine.store import Store
 
 
-def _seq_at(store: Store, when: _dt.datetime) -> int:
-    """The log as it was at ``when``: its longest prefix stamped no later."""
+def seq_at_time(store: Store, when: _dt.datetime, *, remember_order: bool = False) -> int:
+    """The last event of the log as it was at ``when``: its longest prefix
+    stamped no later. An old log is checked for order once; with
+    ``remember_order`` (``store.as_of``) the result is written to the ledger
+    so later lookups binary-search (the dashboard, read-only, does not)."""
     if when.tzinfo is None:
         when = when.astimezone()
     target = int(when.timestamp() * 1e9)
     with store.ledger.kv.snapshot() as txn:
         seq, found_ordered = store.ledger.log.seq_at(txn, target)
-    if found_ordered:  # an old log, checked once: binary search from now on
+    if found_ordered and remember_order:
         store.ledger.kv.write(store.ledger.log.mark_ordered)
-    return seq
+    return int(seq)
 
 
 class HistoricalView(Catalog):
@@ -51,7 +54,7 @@ class HistoricalView(Catalog):
     @classmethod
     def build(cls, store: Store, when: Any) -> HistoricalView:
         if isinstance(when, _dt.datetime):
-            seq = _seq_at(store, when)
+            seq = seq_at_time(store, when, remember_order=True)
         elif isinstance(when, int) and not isinstance(when, bool):
             seq = when
         else:

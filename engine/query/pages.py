@@ -10,7 +10,6 @@ what the store holds. Every function here takes a catalog (a ``Store`` or an
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections import Counter
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -28,6 +27,7 @@ from engine.projections.records import record
 from engine.projections.runs import run_step_ids
 from engine.query.catalog import HasCatalog, catalog_of
 from engine.query.history import HistoricalView
+from engine.query.history import seq_at_time as seq_at_time  # beside the paged queries
 from engine.query.models import ArtifactVersion, Run
 from engine.storage.chunks import ChunkRecord
 from engine.storage.kv import MemoryKV
@@ -35,7 +35,6 @@ from engine.storage.log import Event, seq_key
 
 if TYPE_CHECKING:
     from engine.query.catalog import Catalog
-    from engine.store import Store
 
 STEP_STATES = ("completed", "cached", "failed", "skipped", "running")
 # Versions of one name are counted up to this many (then COUNT_CAP + 1 means "more").
@@ -228,17 +227,6 @@ def newest_events(
     stop = catalog.head + 1 if before is None else min(before, catalog.head + 1)
     start = max(1, stop - limit)
     return list(reversed(list(catalog.events(start, stop))))
-
-
-def seq_at_time(store: Store, when: _dt.datetime) -> int:
-    """The last event of the log as it was at ``when`` (without writing: unlike
-    ``store.as_of(datetime)``, an unordered old log is not marked ordered)."""
-    if when.tzinfo is None:
-        when = when.astimezone()
-    target = int(when.timestamp() * 1e9)
-    with store.ledger.kv.snapshot() as txn:
-        seq: int = store.ledger.log.seq_at(txn, target)[0]
-        return seq
 
 
 def advance(view: HistoricalView, seq: int) -> HistoricalView:

@@ -19,8 +19,8 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from engine.errors import InvalidArgumentError
-from engine.query.history import HistoricalView
-from engine.query.pages import advance, seq_at_time
+from engine.query.history import HistoricalView, seq_at_time
+from engine.query.pages import advance
 
 if TYPE_CHECKING:
     from engine.query.catalog import Catalog
