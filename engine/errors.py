@@ -77,6 +77,12 @@ class LedgerDamagedError(IntegrityError, StoreError):
     ledger that committed but holds no store format); ``artledger recover`` rebuilds it."""
 
 
+class SharedStoreUnavailableError(StoreError):
+    """A shared store's log server or object store cannot be reached (or gave
+    up within its timeout); nothing was written. Reads of the local replica
+    still work."""
+
+
 class ImportValidationError(ArtledgerError, ValueError):
     """An export stream failed validation; nothing from it was imported."""
 

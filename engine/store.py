@@ -25,9 +25,10 @@ from engine.events import (
     RUN_DELETED,
 )
 from engine.ledger.artifacts import check_tags, commit_artifacts, plain, prepare
-from engine.ledger.core import Ledger, retry_on_concurrent_gc
+from engine.ledger.core import Ledger, SyncStatus, retry_on_concurrent_gc
 from engine.ledger.layout import Identity
 from engine.ledger.opening import Options, memory_ledger, open_ledger
+from engine.ledger.replica import resolve_urls
 from engine.projections.records import damage_boundary
 from engine.query.catalog import Catalog
 from engine.query.models import ArtifactVersion, Run, StepRun
@@ -85,9 +86,20 @@ class Store:
         workers: int = 2,
         map_size: int = 64 << 20,
         readonly: bool = False,
+        log: str | None = None,
+        chunks: str | None = None,
+        timeout: float = 10.0,
+        cache_bytes: int = 1 << 30,
     ) -> Store:
         """Open the store at ``path`` (None: ``$ARTLEDGER_STORE`` or ``./.artledger``),
         creating it when missing.
+
+        With ``log`` (``postgresql://user@host:port/db``) and ``chunks``
+        (``s3://bucket/prefix``, ``file:///dir``, ``gs://``, ``az://``), or
+        ``$ARTLEDGER_LOG``/``$ARTLEDGER_CHUNKS``, ``path`` is this machine's
+        replica of a shared store, created or joined (docs/shared.md); the URLs
+        are recorded there, so ``Store.open(path)`` reconnects. ``timeout``
+        bounds each network wait (seconds); ``cache_bytes`` the local chunk cache.
 
         ``readonly`` opens it for reading only (every write raises
         :class:`ReadOnlyStoreError`); a store on a read-only filesystem, or one
@@ -96,6 +108,23 @@ class Store:
         (:class:`LedgerMissingError`, :class:`LedgerDamagedError`), never
         replaced by an empty one: :meth:`recover` rebuilds it."""
         root = Path(path) if path is not None else default_path()
+        urls = resolve_urls(root, log, chunks)
+        if urls is not None:
+            from engine.ledger.replica import open_replica
+
+            return cls(
+                open_replica(
+                    root,
+                    urls,
+                    chunk_size=chunk_size,
+                    level=level,
+                    workers=workers,
+                    map_size=map_size,
+                    readonly=readonly,
+                    timeout=timeout,
+                    cache_bytes=cache_bytes,
+                )
+            )
         options = Options(chunk_size, level, workers, map_size)
         return cls(open_ledger(root, options, readonly=readonly))
 
@@ -154,6 +183,14 @@ class Store:
     def __repr__(self) -> str:
         where = "memory" if self.path is None else str(self.path)
         return f"<Store {where}>"
+
+    def sync(self) -> SyncStatus | None:
+        """Pull the events other machines committed to a shared store's log into
+        this replica (also done by every write and every ``run``); where the
+        replica stands. ``SharedStoreUnavailableError`` when the log server
+        cannot be reached: reads still work, from the replica as it was. None
+        for an embedded store."""
+        return self.ledger.sync()
 
     def flush(self) -> None:
         """Commit deferred events (step timings and the like) now, durably."""
@@ -340,14 +377,19 @@ class Store:
                 )
         return verify(self, progress=progress, fix=fix)
 
-    def gc(self, dry_run: bool = False, *, explain: bool = False) -> GcReport:
-        """Reclaim chunks no live artifact version references."""
+    def gc(
+        self, dry_run: bool = False, *, explain: bool = False, grace: float = 3600.0
+    ) -> GcReport:
+        """Reclaim chunks no live artifact version references. On a shared store
+        it also deletes objects no commit references that are older than
+        ``grace`` seconds (uploads whose write never committed); it is safe
+        with writers running on other machines (docs/shared.md)."""
         from engine.ops.maintenance import gc
 
         if not dry_run:
             self.ledger.check_writable("collect garbage")
         with damage_boundary(f"gc on the ledger at {self.path}"):
-            return gc(self, dry_run=dry_run, explain=explain)
+            return gc(self, dry_run=dry_run, explain=explain, grace=grace)
 
     def export(
         self,
@@ -406,6 +448,7 @@ class Store:
         from engine.pipelines.runner import run_pipeline
 
         self.ledger.check_writable(f"run pipeline {getattr(pipeline, '__name__', pipeline)!r}")
+        self.ledger.sync()  # a shared store: steps run elsewhere are cache hits here
         enable_cache = params.pop("enable_cache", None)
         return run_pipeline(self, pipeline, params, enable_cache)
 

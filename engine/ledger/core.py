@@ -15,7 +15,9 @@ import contextlib
 import secrets
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +33,7 @@ from engine.events import STORE_CREATED
 from engine.ledger.layout import IDENTITY, Identity, read_identity, write_identity
 from engine.ledger.secret import fingerprint
 from engine.projections import PROJECTION_DBS, apply, fold
-from engine.storage.blobs import BlobStore
+from engine.storage.blobs import BlobStore, Location
 from engine.storage.chunks import ChunkStore, WriteSession
 from engine.storage.kv import KV, Txn
 from engine.storage.lmdb_file import RECOVER_HINT
@@ -41,6 +43,28 @@ T = TypeVar("T")
 Records = list[tuple[str, dict[str, Any]]]
 FORMAT_VERSION = 1
 _Q = struct.Struct(">Q")
+
+
+@dataclass(frozen=True)
+class SyncStatus:
+    """Where a replica stands against the shared log."""
+
+    head: int
+    pulled: int
+    synced_at: float | None
+    problem: str | None = None
+
+    @property
+    def online(self) -> bool:
+        return self.problem is None
+
+    def staleness(self) -> str:
+        """``"synced 3 s ago"``, or why it is not."""
+        if self.synced_at is None:
+            age = "never synced"
+        else:
+            age = f"last synced {time.time() - self.synced_at:.0f} s ago"
+        return age if self.problem is None else f"{age}; {self.problem}"
 
 
 class NoFormatError(LedgerDamagedError):
@@ -77,6 +101,7 @@ class Ledger:
         create: bool = True,
         readonly: str | None = None,
         identity: Identity | None = None,
+        genesis: bool = True,
     ) -> None:
         self.path = path
         self.kv = kv
@@ -89,7 +114,7 @@ class Ledger:
         self.closed = False
         self._deferred: Records = []
         self._deferred_lock = threading.Lock()
-        self._init(create, identity)
+        self._init(create, identity, genesis)
         seed_raw = self.meta(b"seed")
         if seed_raw is None:
             raise LedgerDamagedError(
@@ -119,7 +144,7 @@ class Ledger:
             return read_container_state(txn)
 
     # -- opening -------------------------------------------------------------------
-    def _init(self, create: bool, identity: Identity | None) -> None:
+    def _init(self, create: bool, identity: Identity | None, genesis: bool) -> None:
         ident = identity or Identity(secrets.token_hex(8), secrets.randbits(63))
 
         def init(txn: Txn) -> None:
@@ -129,6 +154,8 @@ class Ledger:
             txn.put("meta", b"seed", _Q.pack(ident.seed))
             txn.put("meta", b"store_id", ident.store_id.encode())
             txn.put("meta", b"secret_fp", ident.secret_fp or fingerprint(self.secret))
+            if not genesis:  # a replica: its log arrives from the shared log
+                return
             for e in self.log.append(
                 txn, [(STORE_CREATED, {"store_id": ident.store_id, "format": FORMAT_VERSION})]
             ):
@@ -211,6 +238,27 @@ class Ledger:
             self.chunks.close()
             self.blobs.close()
             self.kv.close()
+
+    def sync(self) -> SyncStatus | None:
+        """Pull what a shared log holds that this ledger lacks; None for an
+        embedded store (it has no other copy to pull from)."""
+        self.check_open()
+        return None
+
+    def forget_chunks(self, txn: Txn, digests: Iterable[bytes]) -> None:
+        """Drop dead chunks from the index inside a commit (gc)."""
+        for digest in digests:
+            txn.delete("chunks", digest)
+
+    def delete_blobs(self, locs: list[Location], grace: float) -> int:
+        """Delete the payloads of chunks a gc commit dropped, when the blob
+        store deletes single payloads; payloads no index knows and older than
+        ``grace`` seconds go too. How many were deleted."""
+        if not self.blobs.supports_deletes:
+            return 0
+        for loc in locs:
+            self.blobs.delete(loc)
+        return len(locs)
 
     # -- the commit path -------------------------------------------------------------
     def defer(self, records: Iterable[tuple[str, dict[str, Any]]]) -> None:

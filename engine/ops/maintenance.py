@@ -64,6 +64,7 @@ class GcReport:
     bytes_kept: int = 0
     segments_deleted: int = 0
     segments_compacted: int = 0
+    objects_deleted: int = 0
     why_kept: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -263,7 +264,9 @@ def _classify(txn: Txn, report: GcReport, explain: bool) -> list[tuple[bytes, Ch
     return dead
 
 
-def gc(store: Store, *, dry_run: bool = False, explain: bool = False) -> GcReport:
+def gc(
+    store: Store, *, dry_run: bool = False, explain: bool = False, grace: float = 3600.0
+) -> GcReport:
     report = GcReport(dry_run=dry_run)
     store.flush()
     if dry_run:
@@ -276,8 +279,7 @@ def gc(store: Store, *, dry_run: bool = False, explain: bool = False) -> GcRepor
     def sweep(txn: Txn) -> list[tuple[str, dict[str, Any]]]:
         dead = _classify(txn, report, explain)
         dead_locs[:] = [rec.loc for _, rec in dead if rec.loc is not None]
-        for digest, _ in dead:
-            txn.delete("chunks", digest)
+        store.ledger.forget_chunks(txn, [digest for digest, _ in dead])
         stored = txn.get("meta", b"stored_bytes")
         total = (0 if stored is None else int.from_bytes(stored, "big")) - report.bytes_reclaimed
         txn.put("meta", b"stored_bytes", max(total, 0).to_bytes(8, "big"))
@@ -291,9 +293,7 @@ def gc(store: Store, *, dry_run: bool = False, explain: bool = False) -> GcRepor
     store.ledger.commit(sweep)
     failpoints.hit("gc.after_index_commit")
     blobs = store.ledger.blobs
-    if blobs.supports_deletes:
-        for loc in dead_locs:
-            blobs.delete(loc)
+    report.objects_deleted = store.ledger.delete_blobs(dead_locs, grace)
     if blobs.supports_compaction:
         blobs.seal()
         _compact(store, blobs, report)

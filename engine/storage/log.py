@@ -206,6 +206,49 @@ class EventLog:
             self._set_ts_order(txn, head, seq, last)
         return out
 
+    def extend_verbatim(
+        self, txn: Txn, rows: Iterable[tuple[int, bytes]], *, where: str = "the source log"
+    ) -> list[Event]:
+        """Append events exactly as another copy of this log stored them (a
+        replica catching up with the shared log): each row must carry the
+        next seq and chain onto the head, else ``IntegrityError`` naming the
+        seq and ``where``. The stored bytes are kept as they are, so both
+        copies hash to the same chain."""
+        seq = self.head(txn)
+        prev = self.head_hash(txn)
+        last, ordered = self.ts_order(txn)
+        out: list[Event] = []
+        for got, raw in rows:
+            if got != seq + 1:
+                raise IntegrityError(
+                    f"{where} has a gap: expected event {seq + 1}, found {got}; "
+                    "run `artledger verify` on it"
+                )
+            try:
+                link = unpack(raw)["prev"]
+            except Exception:
+                link = None
+            if link != prev:
+                raise IntegrityError(
+                    f"event {got} of {where} does not chain onto event {seq} of this copy "
+                    "(one of the two was altered, or they are different logs)"
+                )
+            event = decode(got, raw)
+            txn.put("events", seq_key(got), raw)
+            prev = chain(prev, raw)
+            seq = got
+            if seq > 1 and event.ts < last:
+                ordered = min(ordered, seq - 1)
+            last = max(last, event.ts) if seq > 1 else 0
+            if ordered == seq - 1:
+                ordered = seq
+            out.append(event)
+        if out:
+            txn.put("meta", b"head_seq", seq_key(seq))
+            txn.put("meta", b"head_hash", prev)
+            txn.put("meta", b"ts_order", _TS_ORDER.pack(last, ordered))
+        return out
+
     def seq_at(self, txn: Txn, ts: int) -> tuple[int, bool]:
         """The last seq of the longest prefix of the log whose events are all
         stamped ``<= ts``: the log as it was at that time (``store.created``

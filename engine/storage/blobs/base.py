@@ -107,6 +107,12 @@ class BlobStore(ABC):
         truncate or collect what it kept for them. Every location ``put``
         returns must be released exactly once."""
 
+    def confirm(self, held: Iterable[Location]) -> list[Location]:
+        """Of ``held``, the payloads a ``put`` found already stored (and so did
+        not write) that are gone now; checked by a shared store under its
+        global lock, so a concurrent gc cannot slip between. Default: none."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files and connections."""
 
@@ -139,6 +145,12 @@ class BlobStore(ABC):
     def delete(self, loc: Location) -> None:
         """Delete one payload (only when ``supports_deletes``)."""
         raise NotImplementedError(f"{type(self).__name__} does not delete single payloads")
+
+    def unindexed(self, indexed: Callable[[bytes], bool], before: float) -> list[Location]:
+        """Payloads stored before ``before`` (epoch s) whose digest
+        ``indexed(digest)`` denies: uploads no commit referenced (only for a
+        backend with one object per chunk; default none)."""
+        return []
 
     def containers(self) -> list[str]:
         """Every container present (only when ``supports_compaction``)."""
