@@ -29,6 +29,9 @@ CRASH_POINTS = (
     "import.in_txn",
     "import.after_commit",
 )
+# Where a shared store's write can die besides those: the shared log committed,
+# the replica not yet (tests/test_shared_store.py kills writers there).
+SHARED_CRASH_POINTS = ("shared.after_commit",)
 
 _ACTIVE: dict[str, tuple[str, int]] = {}
 _COUNTS: dict[str, int] = {}

@@ -192,6 +192,12 @@ class Store:
         for an embedded store."""
         return self.ledger.sync()
 
+    def replica_status(self) -> SyncStatus | None:
+        """A shared store's replica: its head, when it last synced, and why the
+        shared log is unreachable if it is (``.staleness()`` says it in words).
+        None for an embedded store."""
+        return self.ledger.status()
+
     def flush(self) -> None:
         """Commit deferred events (step timings and the like) now, durably."""
         self.ledger.flush()

@@ -318,7 +318,10 @@ def test_every_crash_point_is_placed_in_the_engine() -> None:
     source = "".join(p.read_text() for p in (ROOT / "engine").rglob("*.py"))
     placed = set(re.findall(r'failpoints\.hit\("([^"]+)"\)', source))
     assert set(failpoints.CRASH_POINTS) <= placed
-    assert placed - set(failpoints.CRASH_POINTS) == {"gc.before_compact_copy"}
+    assert set(failpoints.SHARED_CRASH_POINTS) <= placed
+    assert placed - set(failpoints.CRASH_POINTS) - set(failpoints.SHARED_CRASH_POINTS) == {
+        "gc.before_compact_copy"
+    }
 
 
 def test_gc_on_a_full_disk_deletes_dead_segments_first(tmp_path: Path) -> None:

@@ -222,3 +222,19 @@ def test_gc_tombstones_reach_every_replica(cluster: Cluster) -> None:
     a.sync()
     np.testing.assert_array_equal(a.load_artifact(again.name), big)
     assert a.verify().ok and b.verify().ok
+
+
+def test_verify_names_a_tampered_shared_event(cluster: Cluster) -> None:
+    a = cluster.machine()
+    for i in range(3):
+        a.save_artifact(i, "x")
+
+    def forge(txn: Txn) -> None:
+        env = unpack(txn.get("events", seq_key(3)) or b"")
+        env["data"]["name"] = "forged"
+        txn.put("events", seq_key(3), pack(env))
+
+    cluster.remote.write(forge)
+    problems = a.verify().problems
+    assert any("memory://test: event 4: hash chain broken" in p for p in problems), problems
+    assert any("replica event 3 differs" in p for p in problems), problems

@@ -4,6 +4,7 @@ the projections, look at the past, copy history into a new store)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import fnmatch
 import json
@@ -26,7 +27,7 @@ from engine.cli.render import (
     stdout,
     summary,
 )
-from engine.errors import InvalidArgumentError
+from engine.errors import SharedStoreUnavailableError, InvalidArgumentError
 
 if TYPE_CHECKING:
     from engine.storage.log import Event
@@ -62,6 +63,8 @@ def cmd_log(args: argparse.Namespace) -> int:
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
         while deadline is None or time.monotonic() < deadline:
             time.sleep(args.interval)
+            with contextlib.suppress(SharedStoreUnavailableError):
+                store.sync()  # a shared store: pull what other machines wrote
             for e in store.events(pos):
                 pos = e.seq + 1
                 if not show(e):

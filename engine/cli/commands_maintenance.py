@@ -99,9 +99,23 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return EXIT_PROBLEM
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        status = store.sync()
+    if status is None:
+        raise StoreError(
+            f"the store at {store_path(args)} is not a shared store: there is nothing to sync"
+        )
+    if args.json:
+        print_json({**status.__dict__, "online": status.online})
+        return EXIT_OK
+    stdout().print(f"pulled {status.pulled} events; head is event {status.head}")
+    return EXIT_OK
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     with open_store(args) as store:
-        report = store.gc(dry_run=args.dry_run, explain=args.explain)
+        report = store.gc(dry_run=args.dry_run, explain=args.explain, grace=args.grace)
     if args.json:
         print_json(report.__dict__)
         return EXIT_OK
@@ -115,6 +129,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
             if report.dry_run
             else f"; {report.segments_compacted} pack segments compacted, "
             f"{report.segments_deleted} deleted"
+            + (f", {report.objects_deleted} objects deleted" if report.objects_deleted else "")
         )
     )
     for note in report.notes:
@@ -172,4 +187,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     sp.add_argument("--dry-run", action="store_true", help="report only")
     sp.add_argument("--explain", action="store_true", help="say why each kept chunk lives")
+    sp.add_argument(
+        "--grace",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="shared store: delete unreferenced objects only once this old (default 3600)",
+    )
     add_command(sub, "stats", cmd_stats, "counts and sizes", json_flag=True)
+    add_command(
+        sub,
+        "sync",
+        cmd_sync,
+        "pull what other machines committed to a shared store into this replica",
+        json_flag=True,
+    )

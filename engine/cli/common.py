@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.cli.render import stderr
 from engine.errors import ArtifactNotFoundError, StoreError
 
 if TYPE_CHECKING:
@@ -50,7 +51,9 @@ def store_path(args: argparse.Namespace) -> Path:
 
 def looks_like_store(path: Path) -> bool:
     """Whether ``path`` holds any part of a store (so opening it creates nothing)."""
-    return any((path / name).exists() for name in ("ledger", "packs", "secret", "identity"))
+    return any(
+        (path / name).exists() for name in ("ledger", "packs", "secret", "identity", "shared.json")
+    )
 
 
 def open_store(args: argparse.Namespace, *, create: bool = False) -> Store:
@@ -58,12 +61,18 @@ def open_store(args: argparse.Namespace, *, create: bool = False) -> Store:
     from engine.store import Store
 
     path = store_path(args)
-    if not create and not looks_like_store(path):
+    log, chunks = getattr(args, "log", None), getattr(args, "chunks", None)
+    joining = log is not None or chunks is not None
+    if not create and not joining and not looks_like_store(path):
         raise StoreError(
             f"no store at {path}; pass --store PATH (or set ARTLEDGER_STORE), "
             "or create one with `artledger demo`"
         )
-    return Store.open(path)
+    store = Store.open(path, log=log, chunks=chunks)
+    status = store.replica_status()
+    if status is not None and not status.online:
+        stderr().print(f"[yellow]offline:[/] reading the replica as it is ({status.staleness()})")
+    return store
 
 
 def artifact_spec(catalog: Catalog, spec: str) -> ArtifactVersion:

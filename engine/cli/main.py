@@ -1,7 +1,9 @@
 """The ``artledger`` command: inspect, replay, move, check and clean a store.
 
-``artledger [--store PATH] COMMAND``; PATH defaults as for ``Store.open``
-(``$ARTLEDGER_STORE``, else ``./.artledger``). Results go to stdout (tables
+``artledger [--store PATH] [--log URL --chunks URL] COMMAND``; PATH defaults
+as for ``Store.open`` (``$ARTLEDGER_STORE``, else ``./.artledger``); with
+``--log``/``--chunks`` (or a replica that recorded them) PATH is this
+machine's replica of a shared store. Results go to stdout (tables
 and trees through rich; ``--json`` and ``--format json|dot|mermaid`` print
 clean machine-readable text); progress bars and chatter go to stderr.
 
@@ -45,6 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--store", metavar="PATH", help="store directory ($ARTLEDGER_STORE, ./.artledger)"
+    )
+    p.add_argument(
+        "--log",
+        metavar="URL",
+        help="a shared store's log, postgresql://user@host:port/db ($ARTLEDGER_LOG); "
+        "PATH is then this machine's replica",
+    )
+    p.add_argument(
+        "--chunks",
+        metavar="URL",
+        help="a shared store's chunks, s3://bucket/prefix or file:///dir ($ARTLEDGER_CHUNKS)",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:

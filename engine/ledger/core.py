@@ -245,6 +245,15 @@ class Ledger:
         self.check_open()
         return None
 
+    def status(self) -> SyncStatus | None:
+        """Where a replica stands against its shared log; None for an embedded store."""
+        return None
+
+    def verify_shared(self) -> list[str]:
+        """Problems of the shared log, and where this replica differs from it
+        (none for an embedded store)."""
+        return []
+
     def forget_chunks(self, txn: Txn, digests: Iterable[bytes]) -> None:
         """Drop dead chunks from the index inside a commit (gc)."""
         for digest in digests:

@@ -27,7 +27,7 @@ from itertools import islice
 from typing import Any, TypeVar
 
 from engine import failpoints
-from engine.errors import ConcurrentGcError, IntegrityError
+from engine.errors import ConcurrentGcError, IntegrityError, SharedStoreUnavailableError
 from engine.ledger.core import (
     Ledger,
     SyncStatus,
@@ -56,9 +56,7 @@ class SharedLedger(Ledger):
     so a replica opened offline goes online once the server is back.
     ``where`` names the shared log in messages (no secrets)."""
 
-    def __init__(
-        self, *args: Any, connect: Callable[[], KV], where: str, **kwargs: Any
-    ) -> None:
+    def __init__(self, *args: Any, connect: Callable[[], KV], where: str, **kwargs: Any) -> None:
         self._connect = connect
         self._remote: KV | None = None
         self.where = where
@@ -85,8 +83,6 @@ class SharedLedger(Ledger):
                 pass
 
     def _remote_call(self, fn: Callable[[], T]) -> T:
-        from engine.errors import SharedStoreUnavailableError
-
         try:
             return fn()
         except SharedStoreUnavailableError as e:
@@ -224,6 +220,29 @@ class SharedLedger(Ledger):
         self.synced_at = time.time()
         self.sync_problem = None
         return out
+
+    def verify_shared(self) -> list[str]:
+        """Walk the shared log's chain (problems prefixed ``shared log:``, naming
+        the seq) and compare this replica's events with it, byte for byte."""
+
+        def check() -> list[str]:
+            with self.remote.snapshot() as rt:
+                problems = [f"{self.where}: {p}" for p in self.log.verify(rt)]
+                with self.snapshot() as lt:
+                    mine = self.log.read_raw(lt)
+                    for (seq, raw), (k, theirs) in zip(mine, rt.scan("events"), strict=False):
+                        if key_seq(k) != seq or theirs != raw:
+                            problems.append(
+                                f"replica event {seq} differs from {self.where}: move the "
+                                f"replica {self.path} aside and open the store again"
+                            )
+                            break
+            return problems
+
+        try:
+            return self._remote_call(check)
+        except SharedStoreUnavailableError as e:
+            return [f"the shared log could not be checked: {e}"]
 
     # -- gc ------------------------------------------------------------------------------
     def forget_chunks(self, txn: Txn, digests: Iterable[bytes]) -> None:

@@ -145,6 +145,9 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
             )
         )
 
+    def shared(txn: Txn) -> None:
+        report.problems.extend(store.ledger.verify_shared())
+
     def artifacts(txn: Txn) -> None:
         got, got_live = _refs(txn, report)
         refs.update(got)
@@ -223,6 +226,7 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
                 )
 
     stage("walk the event log", events)
+    stage("compare the replica with the shared log", shared)
     stage("read the artifact records", artifacts)
     stage("check manifests against the chunk index", manifests)
     stage("re-read every chunk", chunks)
