@@ -27,7 +27,7 @@ from engine.cli.render import (
     stdout,
     summary,
 )
-from engine.errors import SharedStoreUnavailableError, InvalidArgumentError
+from engine.errors import InvalidArgumentError, SharedStoreUnavailableError
 
 if TYPE_CHECKING:
     from engine.storage.log import Event

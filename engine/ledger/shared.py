@@ -79,7 +79,7 @@ class SharedLedger(Ledger):
             remote, self._remote = self._remote, None
             try:
                 remote.close()
-            except Exception:  # noqa: BLE001 - a dead connection may fail to close
+            except Exception:
                 pass
 
     def _remote_call(self, fn: Callable[[], T]) -> T:
