@@ -5,6 +5,7 @@ slow tests run writers in separate processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess

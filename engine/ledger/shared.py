@@ -21,6 +21,7 @@ starts, and chunks found already uploaded are checked again under the lock
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
