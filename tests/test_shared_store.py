@@ -53,10 +53,8 @@ class Team:
 
     def close(self) -> None:
         for s in self.opened:
-            try:
+            with contextlib.suppress(Exception):
                 s.close()
-            except Exception:
-                pass
 
 
 @pytest.fixture

@@ -78,10 +78,8 @@ class SharedLedger(Ledger):
         self.sync_problem = str(e)
         if self._remote is not None:
             remote, self._remote = self._remote, None
-            try:
+            with contextlib.suppress(Exception):
                 remote.close()
-            except Exception:
-                pass
 
     def _remote_call(self, fn: Callable[[], T]) -> T:
         try:
