@@ -36,6 +36,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie left for init to reap does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 class PgServer:
     """One cluster: :meth:`dsn`, :meth:`create_database`, :meth:`stop`, :meth:`start`."""
 
@@ -114,12 +123,8 @@ class PgServer:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.02)
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def destroy(self) -> None:
         """Stop the cluster and remove its files."""

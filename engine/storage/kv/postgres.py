@@ -354,13 +354,14 @@ class PostgresKV(KV):
                 conn.execute(query)
                 return conn
             except self.pg.Error as e:
+                err = self.error(e, doing, conn, wrote=wrote)
                 with contextlib.suppress(Exception):
                     conn.close()
-                if not fresh and conn.broken:
+                if not fresh and isinstance(err, LogServerUnavailableError):
                     self._drop_idle()
                     conn = None
                     continue
-                raise self.error(e, doing, conn, wrote=wrote) from e
+                raise err from e
 
     def _create_table(self) -> None:
         conn = self._begin(b"SELECT 1", "opening", False)
