@@ -252,6 +252,10 @@ class PostgresKV(KV):
         ms = max(1, int(timeout * 1000))
         options = str(info.get("options") or "")
         options += f" -c statement_timeout={ms} -c lock_timeout={ms} -c synchronous_commit=on"
+        # A scan's page is a walk of the primary key in order: without these,
+        # a table with stale statistics gets a bitmap scan and a sort of every
+        # key in range, for each page.
+        options += " -c enable_bitmapscan=off -c enable_sort=off"
         self._dsn = dsn
         self._connect_args: dict[str, Any] = {
             "autocommit": True,
