@@ -179,6 +179,22 @@ def test_long_scans_stream_in_key_order(dsn: str) -> None:
         kv.close()
 
 
+def test_scans_of_large_values_page_by_size(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.storage.kv import postgres
+
+    monkeypatch.setattr(postgres, "PAGE_BYTES", 1 << 20)
+    kv = PostgresKV(dsn, DBS)
+    value = b"x" * (100 << 10)
+    try:
+        kv.write(lambda t: [t.put("chunks", b"%04d" % i, value) for i in range(300)])
+        with kv.snapshot() as txn:
+            assert [k for k, _ in txn.scan("chunks")] == [b"%04d" % i for i in range(300)]
+            got = [k for k, _ in txn.scan("chunks", b"0010", b"0290", reverse=True)]
+            assert got == [b"%04d" % i for i in range(289, 9, -1)]
+    finally:
+        kv.close()
+
+
 def test_a_write_sees_its_buffered_puts(dsn: str) -> None:
     kv = PostgresKV(dsn, DBS)
     try:

@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 
 #: The store-wide write lock (``pg_advisory_xact_lock``): the bytes "artledgr".
 LOCK_KEY = int.from_bytes(b"artledgr", "big")
-#: Rows fetched per round trip by a scan (its first pages are smaller: many
-#: scans stop after a few keys).
+#: Rows fetched per round trip by a scan, and about how many bytes (its first
+#: pages are smaller: many scans stop after a few keys).
 PAGE = 10_000
+PAGE_BYTES = 32 << 20
 _FIRST_PAGE = 128
 #: Buffered puts sent in one batch before the next read (or at this size).
 _FLUSH_ROWS = 2_000
@@ -181,7 +182,11 @@ class _PgTxn(Txn):
                 hi = rows[-1][0]
             else:
                 lo, lo_op = rows[-1][0], ">"
-            limit = min(limit * 8, PAGE)
+            # Grow the page up to PAGE rows while it stays under PAGE_BYTES
+            # (estimated from three rows: large values make short pages).
+            sample = (rows[0], rows[len(rows) // 2], rows[-1])
+            row_bytes = 1 + sum(len(k) + len(v) for k, v in sample) // 3
+            limit = max(1, min(limit * 8, PAGE, PAGE_BYTES // row_bytes))
 
     def drop(self, db: str) -> None:
         name = self._writable(db, "emptying")
