@@ -58,6 +58,12 @@ class StoreSecretError(StoreError):
     replaced, so a pickle can be neither signed nor verified until it is restored."""
 
 
+class LogServerUnavailableError(StoreError):
+    """The server holding a shared store's log (PostgreSQL) cannot be reached, or
+    the connection dropped during a transaction; the message says whether
+    anything may have been written."""
+
+
 class StoreFormatError(StoreError):
     """The store was written by a newer (or unknown) on-disk format version."""
 

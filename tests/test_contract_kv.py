@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pg_contract import PostgresFactory
+from servers_pg import pg_server  # noqa: F401 - the fixture
+
 from engine.errors import StoreError
 from engine.projections import STORE_DATABASES
 from engine.storage.kv import KV, LmdbKV, MemoryKV
@@ -18,6 +21,10 @@ class TestMemoryKV(KVContract):
 class TestLmdbKV(KVContract):
     def make_kv(self, tmp_path: Path) -> KV:
         return LmdbKV(tmp_path / "ledger", STORE_DATABASES)
+
+
+class TestPostgresKV(PostgresFactory, KVContract):
+    pass
 
 
 def test_lmdb_kv_writes_named_lmdb_databases(tmp_path: Path) -> None:

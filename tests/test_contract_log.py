@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pg_contract import PostgresFactory
+from servers_pg import pg_server  # noqa: F401 - the fixture
+
 from engine.projections import STORE_DATABASES
 from engine.storage.kv import KV, LmdbKV, MemoryKV
 from engine.testing.log import LogContract
@@ -17,3 +20,7 @@ class TestLogOnMemoryKV(LogContract):
 class TestLogOnLmdbKV(LogContract):
     def make_kv(self, tmp_path: Path) -> KV:
         return LmdbKV(tmp_path / "ledger", STORE_DATABASES)
+
+
+class TestLogOnPostgresKV(PostgresFactory, LogContract):
+    pass
