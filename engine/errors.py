@@ -58,7 +58,13 @@ class StoreSecretError(StoreError):
     replaced, so a pickle can be neither signed nor verified until it is restored."""
 
 
-class LogServerUnavailableError(StoreError):
+class SharedStoreUnavailableError(StoreError):
+    """A shared store's log server or object store cannot be reached (or gave
+    up within its timeout); nothing was written. Reads of the local replica
+    still work."""
+
+
+class LogServerUnavailableError(SharedStoreUnavailableError):
     """The server holding a shared store's log (PostgreSQL) cannot be reached, or
     the connection dropped during a transaction; the message says whether
     anything may have been written."""
@@ -81,12 +87,6 @@ class LedgerMissingError(StoreError):
 class LedgerDamagedError(IntegrityError, StoreError):
     """The ledger's data file is damaged (truncated, no valid meta page, or a
     ledger that committed but holds no store format); ``artledger recover`` rebuilds it."""
-
-
-class SharedStoreUnavailableError(StoreError):
-    """A shared store's log server or object store cannot be reached (or gave
-    up within its timeout); nothing was written. Reads of the local replica
-    still work."""
 
 
 class ImportValidationError(ArtledgerError, ValueError):

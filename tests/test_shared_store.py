@@ -214,7 +214,7 @@ def test_an_embedded_store_moves_into_a_shared_one(team: Team, tmp_path: Path) -
             old.save_artifact(np.arange(i * 1000), "m")
         old.export(tmp_path / "all.alx")
     shared = team.machine("a")
-    shared.import_(tmp_path / "all.alx")
+    Store.import_(tmp_path / "all.alx", into=shared)
     b = team.machine("b")
     assert [v.version for v in b.list_artifacts("m")] == [1, 2, 3]
     np.testing.assert_array_equal(b.load_artifact("m"), np.arange(2000))
