@@ -53,6 +53,12 @@ class ConcurrentGcError(StoreError):
     in another process; nothing was committed and the write can be retried."""
 
 
+class ChunkStoreUnavailableError(StoreError):
+    """The object store holding chunk payloads cannot be reached or refused a
+    request (network, timeout, credentials); nothing that needed it was
+    committed, and the operation can be retried once it answers."""
+
+
 class StoreSecretError(StoreError):
     """The store's secret (the key that signs pickles) is missing, truncated or
     replaced, so a pickle can be neither signed nor verified until it is restored."""

@@ -184,13 +184,15 @@ class S3Server:
                     pass
             except urllib.error.HTTPError as e:
                 e.close()
-                if e.code == 403:  # unsigned: the gateway and its IAM are up
-                    if self._bucket_lists():
-                        return
+                # 403 to an unsigned request: the gateway and its IAM are up.
+                if e.code == 403 and self._bucket_lists():
+                    return
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"SeaweedFS S3 did not answer at {self.endpoint}; see {self.log}")
+                raise RuntimeError(
+                    f"SeaweedFS S3 did not answer at {self.endpoint}; see {self.log}"
+                )
             time.sleep(0.05)
 
     def _bucket_lists(self) -> bool:

@@ -107,6 +107,14 @@ class BlobStore(ABC):
         truncate or collect what it kept for them. Every location ``put``
         returns must be released exactly once."""
 
+    def confirm(self, held: Iterable[Location]) -> list[Location]:
+        """Of ``held``, the locations whose ``put`` found the payload already
+        stored (content addressed) and which are gone now: a concurrent gc
+        collected them, so the commit must not reference them. Called under
+        the ledger's write lock, after :meth:`flush`. Backends that always
+        write their own copy have nothing to confirm."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files and connections."""
 
