@@ -170,7 +170,8 @@ class S3Server:
         self.started_in = time.monotonic() - t0
 
     def _wait_ready(self, deadline: float) -> None:
-        """Until the bucket lists (an HTTP answer alone comes before the filer is up)."""
+        """Until a write to the bucket succeeds: S3 answers before the filer is up, and
+        the filer before the volume server has registered (writes would hang)."""
         url = f"{self.endpoint}/{self.bucket}"
         while True:
             assert self.proc is not None
@@ -185,7 +186,7 @@ class S3Server:
             except urllib.error.HTTPError as e:
                 e.close()
                 # 403 to an unsigned request: the gateway and its IAM are up.
-                if e.code == 403 and self._bucket_lists():
+                if e.code == 403 and self._writable():
                     return
             except OSError:
                 pass
@@ -195,9 +196,11 @@ class S3Server:
                 )
             time.sleep(0.05)
 
-    def _bucket_lists(self) -> bool:
+    def _writable(self) -> bool:
+        client = self.client()
         try:
-            self.client().list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+            client.put_object(Bucket=self.bucket, Key=".probe", Body=b"ok")
+            client.delete_object(Bucket=self.bucket, Key=".probe")
         except Exception:
             return False
         return True

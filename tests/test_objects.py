@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,19 @@ def test_importing_engine_does_not_import_obstore() -> None:
     )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+def test_one_store_putting_a_chunk_twice_uploads_it_once(
+    tmp_path: Path, opened: list[ObjectBlobStore]
+) -> None:
+    store = _open(opened, f"file://{tmp_path}/objects", None, concurrency=2)
+    digest = os.urandom(16)
+    with ThreadPoolExecutor(4) as pool:
+        locs = list(pool.map(lambda _: store.put(digest, 0, 3, b"abc"), range(8)))
+    assert set(locs) == {Location(digest.hex(), 0, 3)}
+    store.flush(locs)
+    assert store.confirm(locs) == []  # this store created it
+    store.release(locs[:7])
+    assert store.get(locs[0]) == b"abc"
+    store.release(locs[7:])
+    assert [name for name, _, _ in store.list_objects()] == [digest.hex()]

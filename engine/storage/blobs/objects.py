@@ -178,22 +178,34 @@ class ObjectBlobStore(BlobStore):
         loc = Location(name, 0, n)
         with self._lock:
             entry = self._uploads.get(name)
-            if entry is not None:
+            if entry is not None:  # put already (or being put) by this store
                 self._uploads[name] = (entry[0], entry[1] + 1)
                 return loc
-        body = HEADER.pack(MAGIC, digest, codec, n, raw_len) + bytes(payload)
-        self._slots.acquire()  # at most `concurrency` bodies in flight
+            done: Future[bool] = Future()
+            self._uploads[name] = (done, 1)
         try:
-            future = self._uploads_pool.submit(self._upload, name, body)
-        except BaseException:
-            self._slots.release()
+            body = HEADER.pack(MAGIC, digest, codec, n, raw_len) + bytes(payload)
+            self._slots.acquire()  # at most `concurrency` bodies in flight
+            try:
+                future = self._uploads_pool.submit(self._upload, name, body)
+            except BaseException:
+                self._slots.release()
+                raise
+        except BaseException as e:
+            done.set_exception(e)
+            self.release([loc])
             raise
-        future.add_done_callback(lambda _: self._slots.release())
-        with self._lock:
-            entry = self._uploads.get(name)
-            refs = entry[1] if entry is not None else 0
-            self._uploads[name] = (future, refs + 1)
+        future.add_done_callback(lambda f: self._finished(f, done))
         return loc
+
+    def _finished(self, future: Future[bool], done: Future[bool]) -> None:
+        self._slots.release()
+        if future.cancelled():
+            done.set_exception(ChunkStoreUnavailableError(f"{self.url}: the store was closed"))
+        elif (error := future.exception()) is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(future.result())
 
     def _upload(self, name: str, body: bytes) -> bool:
         """Create the object; True when it was there already (same content)."""
