@@ -14,6 +14,7 @@ from engine import api as _api  # noqa: F401
 from engine.errors import (
     ArtifactNotFoundError,
     ArtledgerError,
+    ChunkStoreUnavailableError,
     ConcurrentGcError,
     ImportValidationError,
     IntegrityError,
@@ -71,6 +72,7 @@ __all__ = [
     "ArtifactNotFoundError",
     "ArtifactVersion",
     "ArtledgerError",
+    "ChunkStoreUnavailableError",
     "ConcurrentGcError",
     "Event",
     "ExportReport",

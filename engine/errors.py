@@ -64,6 +64,12 @@ class SharedStoreUnavailableError(StoreError):
     still work."""
 
 
+class ChunkStoreUnavailableError(SharedStoreUnavailableError):
+    """The object store holding chunk payloads cannot be reached or refused a
+    request (network, timeout, credentials); nothing that needed it was
+    committed, and the operation can be retried once it answers."""
+
+
 class LogServerUnavailableError(SharedStoreUnavailableError):
     """The server holding a shared store's log (PostgreSQL) cannot be reached, or
     the connection dropped during a transaction; the message says whether

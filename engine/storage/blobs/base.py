@@ -108,9 +108,11 @@ class BlobStore(ABC):
         returns must be released exactly once."""
 
     def confirm(self, held: Iterable[Location]) -> list[Location]:
-        """Of ``held``, the payloads a ``put`` found already stored (and so did
-        not write) that are gone now; checked by a shared store under its
-        global lock, so a concurrent gc cannot slip between. Default: none."""
+        """Of ``held``, the locations whose ``put`` found the payload already
+        stored (content addressed) and which are gone now: a concurrent gc
+        collected them, so the commit must not reference them. Called under
+        the ledger's write lock, after :meth:`flush`. Backends that always
+        write their own copy have nothing to confirm."""
         return []
 
     def close(self) -> None:  # noqa: B027 - optional hook
