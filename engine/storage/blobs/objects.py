@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -381,6 +381,15 @@ class ObjectBlobStore(BlobStore):
             pass
         except Exception as e:
             raise self._unavailable(f"deleting chunk {name}", e) from None
+
+    def unindexed(self, indexed: Callable[[bytes], bool], before: float) -> list[Location]:
+        """Chunk objects last written before ``before`` whose digest no index
+        knows (``indexed``): uploads whose commit never came."""
+        return [
+            Location(name, 0, max(size - HEADER.size, 0))
+            for name, size, mtime in self.list_objects()
+            if mtime < before and not indexed(bytes.fromhex(name))
+        ]
 
     def list_objects(self) -> Iterator[tuple[str, int, float]]:
         """(digest hex, object size, last modified as epoch seconds) of every
