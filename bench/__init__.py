@@ -20,6 +20,7 @@ SCENARIOS: dict[str, str] = {
     "peers": "bench.peers",
     "models": "bench.models",
     "dataframes": "bench.dataframes",
+    "shared": "bench.shared",
 }
 """Scenario name -> module (each has TITLE, ABOUT, PARAMS and run(ctx))."""
 

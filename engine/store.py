@@ -107,7 +107,7 @@ class Store:
         whose ledger is missing or damaged is refused
         (:class:`LedgerMissingError`, :class:`LedgerDamagedError`), never
         replaced by an empty one: :meth:`recover` rebuilds it."""
-        root = Path(path) if path is not None else default_path()
+        root = (Path(path) if path is not None else default_path()).expanduser()
         urls = resolve_urls(root, log, chunks)
         if urls is not None:
             from engine.ledger.replica import open_replica

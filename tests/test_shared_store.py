@@ -324,3 +324,25 @@ def test_a_killed_writer_loses_no_acknowledged_save(team: Team, point: str) -> N
         versions = [v.version for v in s.list_artifacts("w0")]
         assert versions == list(range(1, len(versions) + 1))
         assert s.verify().ok, s.verify().problems
+
+
+def test_the_shared_docs_blocks_run_on_real_servers(
+    team: Team, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    text = (ROOT / "docs" / "shared.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "doc_shared"}
+    for i, code in enumerate(blocks):
+        code = (
+            code.replace("postgresql://ml@db.internal:5432/artledger", team.log)
+            .replace("s3://ml-artifacts/artledger", team.chunks)
+            .replace("~/.artledger-replica", str(tmp_path / "replica"))
+        )
+        exec(compile(code, f"shared.md[block {i}]", "exec"), namespace)
+    for value in namespace.values():
+        if isinstance(value, Store):
+            value.close()
