@@ -204,7 +204,7 @@ def _measure(ctx: Context, res: Result, p: dict[str, Any], pg: Any, s3: Any, tmp
                 base_ms,
                 "one PostgreSQL commit + one LMDB commit",
                 goal=("ratio>=", 0.5),
-                goal_text="≤ 2× baseline",
+                goal_text="≤ 2x baseline",
                 note=f"p99 {1000 * pct(small, 99):.2f} ms vs {1000 * pct(commits, 99):.2f} ms",
             )
         )
