@@ -238,3 +238,44 @@ def test_verify_names_a_tampered_shared_event(cluster: Cluster) -> None:
     problems = a.verify().problems
     assert any("memory://test: event 4: hash chain broken" in p for p in problems), problems
     assert any("replica event 3 differs" in p for p in problems), problems
+
+
+def test_the_dashboard_follows_a_shared_store(cluster: Cluster) -> None:
+    import json
+    import socket
+    import time
+    import urllib.request
+
+    pytest.importorskip("uvicorn")
+    import uvicorn
+
+    from engine.ui.app import Dashboard, create_app
+
+    a, b = cluster.machine(), cluster.machine()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(b), host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+
+    def names() -> list[str]:
+        url = f"http://127.0.0.1:{port}/api/artifacts"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return [i["name"] for i in json.loads(r.read())["artifacts"]]
+
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        assert names() == []
+        a.save_artifact(1, "from-a")
+        Dashboard.SYNC_EVERY = 0.0
+        assert names() == ["from-a"]
+        cluster.down = True  # the log server is gone: the replica is served as it is
+        assert names() == ["from-a"]
+    finally:
+        Dashboard.SYNC_EVERY = 2.0
+        server.should_exit = True
+        thread.join(10)

@@ -457,13 +457,20 @@ class ChunkReader(io.RawIOBase):
             i, target = job
             self._store.decode_into(self.entry.chunks[i], self._recs[i], target, self.label)
 
-        if len(jobs) < 2 or self._store.workers < 2:
-            for job in jobs:
-                one(job)
-        else:
-            # Reads and hashing release the GIL: decode several chunks at once.
-            for _ in self._store.pool.map(one, jobs):
-                pass
+        blobs = self._store.blobs
+        window = max(8, 4 * self._store.workers)
+        for k in range(0, len(jobs), window):
+            part = jobs[k : k + window]
+            # A remote backend fetches the window's payloads several at once.
+            locs = [r.loc for r in (self._recs[i] for i, _ in part) if r.loc is not None]
+            blobs.prefetch(locs)
+            if len(part) < 2 or self._store.workers < 2:
+                for job in part:
+                    one(job)
+            else:
+                # Reads and hashing release the GIL: decode several chunks at once.
+                for _ in self._store.pool.map(one, part):
+                    pass
 
     def readall(self) -> bytes:
         remaining = max(0, self.entry.size - self._pos)

@@ -7,6 +7,8 @@ links keep it. The store is opened read-only; nothing here writes.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -25,6 +27,7 @@ from engine.errors import (
     ArtledgerError,
     InvalidArgumentError,
     RunNotFoundError,
+    SharedStoreUnavailableError,
 )
 from engine.query import pages as q
 from engine.store import Store
@@ -72,8 +75,11 @@ class Headers:
 class Dashboard:
     """The application state: the store, its cached ``as_of`` views, templates."""
 
+    SYNC_EVERY = 2.0  # a shared store's replica pulls new events at most this often (s)
+
     def __init__(self, store: Store, cache_size: int = 4) -> None:
         self.store = store
+        self._synced = 0.0
         self.views = ViewCache(store, cache_size)
         self.env = Environment(
             loader=FileSystemLoader(str(HERE / "templates")),
@@ -83,6 +89,7 @@ class Dashboard:
     # -- helpers -----------------------------------------------------------------------
     def context(self, request: Request) -> tuple[Any, int | None, Any]:
         """(catalog, as_of seq, link function) for a request."""
+        self._follow()
         catalog, seq = self.views.resolve(request.query_params.get("as_of"))
 
         def link(path: str, **params: Any) -> str:
@@ -92,6 +99,16 @@ class Dashboard:
             return path + ("?" + urlencode(qp) if qp else "")
 
         return catalog, seq, link
+
+    def _follow(self) -> None:
+        """A shared store: pull what other machines committed (throttled; when
+        the log server is down the replica is served as it is)."""
+        now = time.monotonic()
+        if self.store.replica_status() is None or now - self._synced < self.SYNC_EVERY:
+            return
+        self._synced = now
+        with contextlib.suppress(SharedStoreUnavailableError):
+            self.store.sync()
 
     def respond(
         self, request: Request, template: str, data: dict[str, Any], **ctx: Any

@@ -101,6 +101,10 @@ class BlobStore(ABC):
         """The payloads at ``locs``, in order (a backend may fetch them concurrently)."""
         return [self.get(loc) for loc in locs]
 
+    def prefetch(self, locs: list[Location]) -> None:  # noqa: B027 - optional hook
+        """The next reads will be of ``locs``: a remote backend may fetch them
+        now, several at once (a bounded number stay held until read)."""
+
     def release(self, held: Iterable[Location]) -> None:  # noqa: B027 - optional hook
         """The commit that referenced ``held`` has returned (committed or not),
         or its writes were abandoned: the backend may now let other processes
