@@ -91,10 +91,14 @@ def run(ctx: Context) -> Result:
     with ctx.tempdir("shared") as tmp:
         pg = PgServer()
         s3 = S3Server(tmp / "s3", weed)
+        saved = dict(os.environ)
         try:
             s3.start()
+            os.environ.update(s3.env)
             _measure(ctx, res, p, pg, s3, tmp)
         finally:
+            os.environ.clear()
+            os.environ.update(saved)
             s3.stop()
             pg.destroy()
     return res
@@ -108,7 +112,6 @@ def _measure(ctx: Context, res: Result, p: dict[str, Any], pg: Any, s3: Any, tmp
 
     from engine import Store
 
-    os.environ.update(s3.env)
     s3.make_bucket("bench")
     log = pg.new_database("bench")
     chunks = "s3://bench/store"

@@ -109,6 +109,8 @@ def resolve_urls(root: Path, log: str | None, chunks: str | None) -> SharedUrls 
 
 def read_config(root: Path) -> SharedUrls | None:
     path = root / SHARED_CONFIG
+    if not path.is_file():
+        return None
     try:
         raw = json.loads(path.read_text())
         return SharedUrls(str(raw["log"]), str(raw["chunks"]))

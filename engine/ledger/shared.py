@@ -117,8 +117,8 @@ class SharedLedger(Ledger):
             ) from None
         if not events:
             return events
-        for e in events:
-            apply(local, e)
+        for event in events:
+            apply(local, event)
         added = 0
         for k, v in remote.scan("chunkrefs", seq_key(head + 1), seq_key(events[-1].seq + 1)):
             digest = k[8:]
