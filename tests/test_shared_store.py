@@ -149,6 +149,50 @@ def test_a_deleted_replica_is_rebuilt_equal(team: Team) -> None:
     assert b.verify().ok
 
 
+def test_a_damaged_replica_is_moved_aside_and_rebuilt(team: Team) -> None:
+    a = team.machine("a")
+    a.save_artifact(np.arange(50_000), "x")
+    a.close()
+    data = team.tmp / "a" / "ledger" / "data.mdb"
+    with open(data, "r+b") as f:
+        f.truncate(data.stat().st_size // 3)  # a truncated LMDB file would crash a reader
+    b = team.machine("a")
+    np.testing.assert_array_equal(b.load_artifact("x"), np.arange(50_000))
+    assert b.verify().ok
+    assert [p.name for p in (team.tmp / "a").glob("ledger.damaged-*")]
+
+
+def test_gc_deletes_dead_and_orphan_objects_only(team: Team) -> None:
+    a, b = team.machine("a"), team.machine("b")
+    keep = np.random.default_rng(1).random(300_000)
+    drop = np.random.default_rng(2).random(300_000)
+    a.save_artifact(keep, "keep")
+    dead = a.save_artifact(drop, "drop")
+    # An upload whose commit never came: the object is there, no event names it.
+    blobs = b.ledger.blobs
+    with b.ledger.chunks.session() as session:
+        orphan = session.writer("orphan", lambda entry: None)
+        orphan.write(np.random.default_rng(3).random(300_000).tobytes())
+        orphan.close()
+        blobs.flush(session.held)
+    objects = len(team.objects())
+    a.delete_artifact(dead)
+    young = a.gc()  # the orphan is younger than the grace period: kept
+    assert young.chunks_reclaimed > 0
+    after_young = len(team.objects())
+    assert after_young < objects
+    old = b.gc(grace=0.0)
+    assert old.objects_deleted > 0
+    assert len(team.objects()) < after_young
+    for s in (a, b):
+        s.sync()
+        np.testing.assert_array_equal(s.load_artifact("keep"), keep)
+        assert s.verify().ok, s.verify().problems
+    b.save_artifact(drop, "drop-again")  # uploaded again, not deduplicated against the dead
+    a.sync()
+    np.testing.assert_array_equal(a.load_artifact("drop-again"), drop)
+
+
 def test_verify_names_a_tampered_row_in_postgresql(team: Team) -> None:
     import psycopg
 
@@ -281,7 +325,7 @@ def test_four_writer_processes_lose_nothing(team: Team) -> None:
         for name in ("w0", "w1"):
             versions = [v.version for v in s.list_artifacts(name)]
             assert versions == list(range(1, len(versions) + 1))
-        for aid, k, i in acked[::37]:
+        for aid, k, i in acked if s is stores[-1] else acked[::37]:
             got = s.get_artifact_by_id(aid).load()
             if i % 5 == 0:
                 np.testing.assert_array_equal(got, np.full(1000 + i, k * 100_000 + i))
