@@ -190,6 +190,7 @@ class S3Server:
     """One ``weed mini`` process: its endpoint, credentials and lifecycle."""
 
     def __init__(self, root: Path, weed: str) -> None:
+        root = root.resolve()  # weed runs in it: every path it is given must be absolute
         self.root = root
         self.weed = weed
         self.data = root / "data"

@@ -134,6 +134,23 @@ class SharedLedger(Ledger):
             local.put("meta", b"stored_bytes", total.to_bytes(8, "big"))
         return events
 
+    def _catch_up_to_head(self, local: Txn, remote: Txn) -> None:
+        """Inside a shared write (the lock held): bring the replica to the shared
+        head, read first (one query when nothing is new); a replica ahead of
+        the shared log is refused, nothing is published from it."""
+        raw = remote.get("meta", b"head_seq")
+        shared_head = 0 if raw is None else key_seq(raw)
+        if shared_head > self.log.head(local):
+            self._catch_up_all(local, remote)
+        mine = self.log.head(local)
+        if mine != shared_head:
+            raise IntegrityError(
+                f"this replica ({self.path}) holds events up to {mine} but {self.where} ends "
+                f"at {shared_head}: they are not the same log (was the database restored from "
+                "an older backup?); nothing was committed. Move the replica aside and open "
+                "the store again to rebuild it from the shared log"
+            )
+
     def _catch_up_all(self, local: Txn, remote: Txn) -> int:
         n = 0
         while True:
@@ -180,7 +197,7 @@ class SharedLedger(Ledger):
 
         def shared(lt: Txn, rt: Txn) -> T:
             self._tombstones = []
-            self._catch_up_all(lt, rt)
+            self._catch_up_to_head(lt, rt)
             gone = self.blobs.confirm(held)
             if gone:
                 raise ConcurrentGcError(
@@ -279,12 +296,6 @@ class SharedLedger(Ledger):
     def _publish(self, lt: Txn, rt: Txn, head: int, sessions: list[WriteSession]) -> None:
         """Copy the events appended after ``head`` and the sessions' new chunk
         records from the local transaction to the shared one."""
-        remote_head = rt.get("meta", b"head_seq")
-        if (0 if remote_head is None else key_seq(remote_head)) != head:
-            raise IntegrityError(
-                f"{self.where} moved while holding its write lock (head is not {head}); "
-                "nothing was committed"
-            )
         n = 0
         for seq, raw in self.log.read_raw(lt, head + 1):
             rt.put("events", seq_key(seq), raw)

@@ -82,6 +82,9 @@ def content_hash(files: list[FileEntry]) -> str:
     return xxhash.xxh3_128(msgpack.packb(triples, use_bin_type=True)).hexdigest()
 
 
+PREFETCH_WINDOW = 16  # chunks a remote backend is asked to fetch ahead of the reads
+
+
 @dataclass
 class ChunkRecord:
     """What the chunk index keeps for one digest."""
@@ -393,6 +396,9 @@ class ChunkReader(io.RawIOBase):
             )
         self._cache_i = -1
         self._cache = bytearray()
+        if len(self._recs) > 1:  # a remote backend fetches ahead while the header is read
+            first = self._recs[:PREFETCH_WINDOW]
+            store.blobs.prefetch([r.loc for r in first if r.loc is not None])
 
     def readable(self) -> bool:
         return True
@@ -458,12 +464,17 @@ class ChunkReader(io.RawIOBase):
             self._store.decode_into(self.entry.chunks[i], self._recs[i], target, self.label)
 
         blobs = self._store.blobs
-        window = max(8, 4 * self._store.workers)
-        for k in range(0, len(jobs), window):
-            part = jobs[k : k + window]
-            # A remote backend fetches the window's payloads several at once.
-            locs = [r.loc for r in (self._recs[i] for i, _ in part) if r.loc is not None]
-            blobs.prefetch(locs)
+        parts = [jobs[k : k + PREFETCH_WINDOW] for k in range(0, len(jobs), PREFETCH_WINDOW)]
+
+        def locs(part: list[tuple[int, memoryview]]) -> list[Location]:
+            return [r.loc for r in (self._recs[i] for i, _ in part) if r.loc is not None]
+
+        # A remote backend fetches the next window's payloads while this one decodes.
+        if len(jobs) > 1 and parts:
+            blobs.prefetch(locs(parts[0]))
+        for n, part in enumerate(parts):
+            if n + 1 < len(parts):
+                blobs.prefetch(locs(parts[n + 1]))
             if len(part) < 2 or self._store.workers < 2:
                 for job in part:
                     one(job)

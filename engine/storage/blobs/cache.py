@@ -44,21 +44,45 @@ class ChunkCache:
     def path(self, name: str) -> Path:
         return self.root / name[:2] / name
 
-    def get(self, name: str, length: int) -> bytes | None:
+    def get(self, name: str, length: int) -> bytearray | None:
         """The cached payload ``name`` of ``length`` bytes, or None (absent or damaged)."""
         path = self.path(name)
+        payload = bytearray(length)
         try:
-            with open(path, "rb") as f:
+            with open(path, "rb", buffering=0) as f:
                 check = f.read(CHECK_SIZE)
-                payload = f.read()
+                got = f.readinto(payload)
+                extra = f.read(1)
         except OSError:
             return None
-        if len(payload) == length and xxhash.xxh3_64_digest(payload) == check:
+        if got == length and not extra and xxhash.xxh3_64_digest(payload) == check:
             with contextlib.suppress(OSError):
                 os.utime(path)
             return payload
         self.discard(name)
         return None
+
+    def readinto(self, name: str, buf: memoryview) -> bool:
+        """Read the cached payload ``name`` straight into ``buf`` (exactly its
+        length); False when it is absent or damaged (then ``buf`` is garbage)."""
+        path = self.path(name)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                check = f.read(CHECK_SIZE)
+                got = f.readinto(buf)
+                extra = f.read(1)
+        except OSError:
+            return False
+        if got == len(buf) and not extra and xxhash.xxh3_64_digest(buf) == check:
+            with contextlib.suppress(OSError):
+                os.utime(path)
+            return True
+        self.discard(name)
+        return False
+
+    def has(self, name: str) -> bool:
+        """Whether a file for ``name`` is there (not checked)."""
+        return self.path(name).exists()
 
     def put(self, name: str, payload: bytes | memoryview) -> None:
         """Cache ``payload`` under ``name`` (best effort: a full disk is not an error)."""

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from obstore.store import ClientConfig, ObjectStore, RetryConfig
 
 DIGEST_HEX = 32
+Payload = bytes | bytearray | memoryview  # what a fetch or a cache read hands back
 PREFETCH_HELD = 64  # prefetched payloads held for reads at most (4 MiB chunks: 256 MiB)
 
 
@@ -137,12 +138,15 @@ class ObjectBlobStore(BlobStore):
         self.cache = ChunkCache(cache_dir, cache_bytes) if cache_dir is not None else None
         self._uploads_pool = ThreadPoolExecutor(concurrency, thread_name_prefix="artledger-put")
         self._reads_pool = ThreadPoolExecutor(concurrency, thread_name_prefix="artledger-get")
+        # Fetched payloads are written to the cache behind the reads (a bounded backlog).
+        self._cache_pool = ThreadPoolExecutor(1, thread_name_prefix="artledger-cache")
+        self._cache_backlog = threading.BoundedSemaphore(2 * concurrency)
         self._slots = threading.BoundedSemaphore(concurrency)
         self._lock = threading.Lock()
         # digest hex -> (its upload, how many held locations name it); the
         # upload's result says whether the object was there already.
         self._uploads: dict[str, tuple[Future[bool], int]] = {}
-        self._ready: dict[Location, bytes] = {}  # prefetched, until read
+        self._ready: dict[Location, Future[Payload]] = {}  # prefetched, until read
 
     # -- names -------------------------------------------------------------------
     @staticmethod
@@ -280,30 +284,54 @@ class ObjectBlobStore(BlobStore):
 
     # -- reading -------------------------------------------------------------------
     def prefetch(self, locs: list[Location]) -> None:
-        """Fetch ``locs`` concurrently (cached ones from the cache) and hold
-        them for the reads that follow (at most :data:`PREFETCH_HELD`)."""
-        if len(locs) < 2:
-            return
-        payloads = self.get_many(locs)
+        """Start fetching ``locs`` (several at once, cached ones from the cache)
+        and return: the reads that follow wait for them. At most
+        :data:`PREFETCH_HELD` fetched payloads are held."""
+        cache = self.cache
+        fetch = [loc for loc in locs if cache is None or not cache.has(self._name(loc))]
         with self._lock:
-            for loc, payload in zip(locs, payloads, strict=True):
-                self._ready[loc] = payload
+            for loc in fetch:  # cached payloads are read straight into place later
+                if loc in self._ready:
+                    continue
+                self._ready[loc] = self._reads_pool.submit(self._cached_or_fetched, loc, True)
             while len(self._ready) > PREFETCH_HELD:
-                self._ready.pop(next(iter(self._ready)))
+                self._ready.pop(next(iter(self._ready))).cancel()
 
-    def get(self, loc: Location) -> bytes:
-        with self._lock:
-            ready = self._ready.pop(loc, None)
-        if ready is not None:
-            return ready
+    def _cached_or_fetched(self, loc: Location, behind: bool = False) -> Payload:
         name = self._name(loc)
         if self.cache is not None:
             hit = self.cache.get(name, loc.length)
             if hit is not None:
                 return hit
-        return self._fetch(name, loc)
+        return self._fetch(name, loc, behind=behind)
 
-    def _fetch(self, name: str, loc: Location) -> bytes:
+    def get(self, loc: Location) -> bytes:
+        payload = self._payload(loc)
+        return payload if isinstance(payload, bytes) else bytes(payload)
+
+    def readinto(self, loc: Location, buf: memoryview) -> None:
+        """The payload into ``buf``: read straight from the cache file, or one
+        copy from the response body."""
+        with self._lock:
+            ready = self._ready.pop(loc, None)
+        if ready is not None:
+            buf[:] = ready.result()
+            return
+        if self.cache is not None and self.cache.readinto(self._name(loc), buf):
+            return
+        buf[:] = self._fetch(self._name(loc), loc)
+
+    def _payload(self, loc: Location) -> Payload:
+        with self._lock:
+            ready = self._ready.pop(loc, None)
+        if ready is not None:
+            return ready.result()
+        return self._cached_or_fetched(loc)
+
+    def _fetch(self, name: str, loc: Location, *, behind: bool = False) -> Payload:
+        """The payload of chunk ``name``, fetched and checked (a view of the
+        response body: no copy), written to the cache (``behind``: by a
+        background thread, for prefetched reads)."""
         import obstore
 
         try:
@@ -321,8 +349,31 @@ class ObjectBlobStore(BlobStore):
             raise IntegrityError(f"chunk {name}: object {self.shown(name)} {problem}")
         payload = body[HEADER.size :]
         if self.cache is not None:
-            self.cache.put(name, payload)
-        return bytes(payload)
+            if behind:
+                self._cache_later(name, payload)
+            else:
+                self.cache.put(name, payload)
+        return payload
+
+    def _cache_later(self, name: str, payload: memoryview) -> None:
+        """Write ``payload`` to the cache in the background (at once when the
+        backlog is full)."""
+        cache = self.cache
+        assert cache is not None
+        if not self._cache_backlog.acquire(blocking=False):
+            cache.put(name, payload)
+            return
+
+        def write() -> None:
+            try:
+                cache.put(name, payload)
+            finally:
+                self._cache_backlog.release()
+
+        try:
+            self._cache_pool.submit(write)
+        except RuntimeError:  # closing
+            self._cache_backlog.release()
 
     @staticmethod
     def _header_problem(
@@ -353,18 +404,18 @@ class ObjectBlobStore(BlobStore):
             name = self._name(loc)
             hit = self.cache.get(name, loc.length) if self.cache is not None else None
             if hit is not None:
-                found[loc] = hit
+                found[loc] = bytes(hit)
             else:
                 todo[loc] = name
         if len(todo) == 1:
             ((loc, name),) = todo.items()
-            found[loc] = self._fetch(name, loc)
+            found[loc] = bytes(self._fetch(name, loc))
         elif todo:
             futures = {
                 loc: self._reads_pool.submit(self._fetch, name, loc) for loc, name in todo.items()
             }
             for loc, future in futures.items():
-                found[loc] = future.result()
+                found[loc] = bytes(future.result())
         return [found[loc] for loc in locs]
 
     # -- verify and gc -------------------------------------------------------------
@@ -430,5 +481,6 @@ class ObjectBlobStore(BlobStore):
         for pool in (self._uploads_pool, self._reads_pool):
             with contextlib.suppress(RuntimeError):
                 pool.shutdown(wait=True, cancel_futures=True)
+        self._cache_pool.shutdown(wait=True)  # the cache writes behind finish
         with self._lock:
             self._uploads.clear()
