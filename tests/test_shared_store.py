@@ -390,3 +390,77 @@ def test_the_shared_docs_blocks_run_on_real_servers(
     for value in namespace.values():
         if isinstance(value, Store):
             value.close()
+
+
+def test_s3_stopped_mid_upload_the_save_fails_cleanly(team: Team) -> None:
+    import threading
+
+    a = team.machine("a", timeout=3.0)
+    a.save_artifact(1, "before")
+    big = np.random.default_rng(5).random(8 << 20)  # 64 MiB: 16 uploads
+    outcome: list[BaseException | None] = []
+
+    def save() -> None:
+        try:
+            a.save_artifact(big, "big")
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=save)
+    thread.start()
+    time.sleep(0.15)
+    team.s3.stop()
+    thread.join(60)
+    try:
+        assert outcome and (
+            outcome[0] is None or isinstance(outcome[0], SharedStoreUnavailableError)
+        )
+    finally:
+        team.s3.start()
+    names = {v.name for v in a.list_artifacts()}
+    if outcome[0] is not None:
+        assert names == {"before"}  # nothing half-written
+    else:
+        np.testing.assert_array_equal(a.load_artifact("big"), big)
+    fresh = team.machine("b")
+    assert fresh.verify().ok, fresh.verify().problems  # no event references a missing chunk
+
+
+def test_postgresql_stopped_mid_run_then_restarted(team: Team) -> None:
+    a = team.machine("a", timeout=3.0)
+    pg = team.pg
+
+    @step
+    def first() -> int:
+        return 1
+
+    @step
+    def stops_the_server(x: int) -> int:
+        pg.stop()
+        return x + 1
+
+    @pipeline
+    def p() -> int:
+        return stops_the_server(first())
+
+    try:
+        with pytest.raises(SharedStoreUnavailableError):
+            a.run(p)
+    finally:
+        pg.start()
+
+    @step
+    def fine(x: int) -> int:
+        return x + 1
+
+    @pipeline
+    def q() -> int:
+        return fine(first())
+
+    run = a.run(q)
+    assert run.status == "completed"
+    b = team.machine("b")
+    assert b.verify().ok, b.verify().problems
+    statuses = {r.pipeline: r.status for r in b.list_runs()}
+    assert statuses["q"] == "completed"
