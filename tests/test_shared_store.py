@@ -464,3 +464,27 @@ def test_postgresql_stopped_mid_run_then_restarted(team: Team) -> None:
     assert b.verify().ok, b.verify().problems
     statuses = {r.pipeline: r.status for r in b.list_runs()}
     assert statuses["q"] == "completed"
+
+
+def test_the_cli_joins_syncs_and_reconnects(team: Team, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli.main import main
+
+    a = team.machine("a")
+    a.save_artifact(np.arange(10), "x")
+    replica = str(team.tmp / "cli")
+    assert main(["--store", replica, "--log", team.log, "--chunks", team.chunks, "sync"]) == 0
+    assert "head is event" in capsys.readouterr().out
+    before = a.replica_status().head  # type: ignore[union-attr]
+    a.save_artifact(np.arange(20), "x")
+    assert main(["--store", replica, "sync", "--json"]) == 0  # the URLs were recorded
+    assert json.loads(capsys.readouterr().out)["head"] > before
+    assert main(["--store", replica, "artifacts", "--json"]) == 0
+    assert "x" in capsys.readouterr().out
+    team.pg.stop()
+    try:
+        assert main(["--store", replica, "artifacts"]) == 0  # offline: read as it is
+        err = capsys.readouterr().err
+        assert "offline" in err and "last synced" in err
+    finally:
+        team.pg.start()
+    assert main(["--store", str(team.tmp / "embedded"), "sync"]) == 1  # no store there

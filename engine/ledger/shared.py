@@ -22,6 +22,7 @@ starts, and chunks found already uploaded are checked again under the lock
 from __future__ import annotations
 
 import contextlib
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
@@ -47,6 +48,13 @@ T = TypeVar("T")
 SHARED_DATABASES = ("events", "meta", "chunkrefs")
 PAGE = 10_000
 _HEAD_KEYS = (b"head_seq", b"head_hash", b"ts_order")
+_SYNCED = struct.Struct(">d")
+
+
+def _record_sync_time(local: Txn) -> None:
+    """When the replica last matched the shared head (``meta`` ``synced_at``,
+    so a later process offline can say how stale it is)."""
+    local.put("meta", b"synced_at", _SYNCED.pack(time.time()))
 
 
 class SharedLedger(Ledger):
@@ -169,7 +177,12 @@ class SharedLedger(Ledger):
 
             def page() -> int:
                 with self.remote.snapshot() as rt:
-                    return self.kv.write(lambda lt: len(self.catch_up(lt, rt, PAGE)))
+
+                    def pull(lt: Txn) -> int:
+                        _record_sync_time(lt)
+                        return len(self.catch_up(lt, rt, PAGE))
+
+                    return self.kv.write(pull)
 
             got = self._remote_call(page)
             pulled += got
@@ -182,7 +195,9 @@ class SharedLedger(Ledger):
     def status(self, pulled: int = 0) -> SyncStatus:
         with self.snapshot() as txn:
             head = self.log.head(txn)
-        return SyncStatus(head, pulled, self.synced_at, self.sync_problem)
+            raw = txn.get("meta", b"synced_at")
+        recorded = None if raw is None else _SYNCED.unpack(raw)[0]
+        return SyncStatus(head, pulled, self.synced_at or recorded, self.sync_problem)
 
     # -- the commit path ---------------------------------------------------------------
     def _write(
@@ -211,6 +226,7 @@ class SharedLedger(Ledger):
             out = body(lt)
             failpoints.hit("commit.in_txn")
             self._publish(lt, rt, head, sessions)
+            _record_sync_time(lt)
             return out
 
         def local(lt: Txn) -> T:
