@@ -488,3 +488,80 @@ def test_the_cli_joins_syncs_and_reconnects(team: Team, capsys: pytest.CaptureFi
     finally:
         team.pg.start()
     assert main(["--store", str(team.tmp / "embedded"), "sync"]) == 1  # no store there
+
+
+CHURN = """
+import json, sys, numpy as np
+from engine import Store
+from engine.errors import ConcurrentGcError
+root, log, chunks, k, n, out = sys.argv[1:7]
+with Store.open(root, log=log, chunks=chunks) as s, open(out, "a") as acks:
+    for i in range(int(n)):
+        # Kept versions share five contents; deleted ones four others, which gc
+        # collects while later saves of the same bytes deduplicate against them.
+        keep = i % 3 != 0
+        content = i % 5 if keep else 100 + i % 4
+        try:
+            art = s.save_artifact(np.random.default_rng(content).random(5000), f"c{k}")
+        except ConcurrentGcError:
+            continue  # refused (nothing committed) after one retry: allowed, not acknowledged
+        if not keep:
+            s.delete_artifact(art)
+        acks.write(json.dumps([art.id, content, keep]) + "\\n"); acks.flush()
+"""
+
+GC_LOOP = """
+import sys, time
+from engine import Store
+root, log, chunks, seconds = sys.argv[1:5]
+with Store.open(root, log=log, chunks=chunks) as s:
+    end = time.monotonic() + float(seconds)
+    reclaimed = 0
+    while time.monotonic() < end:
+        reclaimed += s.gc(grace=30.0).chunks_reclaimed
+print("RECLAIMED", reclaimed)
+"""
+
+
+@pytest.mark.slow
+def test_gc_on_one_machine_while_two_others_write(team: Team) -> None:
+    team.machine("init").close()
+    writers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                CHURN,
+                str(team.tmp / f"w{k}"),
+                team.log,
+                team.chunks,
+                str(k),
+                "120",
+                str(team.tmp / f"churn{k}"),
+            ],
+            env=team.env,
+        )
+        for k in range(2)
+    ]
+    gc = subprocess.Popen(
+        [sys.executable, "-c", GC_LOOP, str(team.tmp / "gc"), team.log, team.chunks, "15"],
+        env=team.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    for proc in writers:
+        assert proc.wait(timeout=600) == 0
+    out, _ = gc.communicate(timeout=600)
+    assert gc.returncode == 0
+    assert int(out.split("RECLAIMED")[1]) > 0  # gc did collect while the writers ran
+    s = team.machine("check")
+    kept = 0
+    for k in range(2):
+        for line in (team.tmp / f"churn{k}").read_text().splitlines():
+            aid, content, keep = json.loads(line)
+            if keep:
+                kept += 1
+                got = s.get_artifact_by_id(aid).load()
+                np.testing.assert_array_equal(got, np.random.default_rng(content).random(5000))
+    assert kept > 100
+    assert s.verify().ok, s.verify().problems
