@@ -165,7 +165,9 @@ def read_parts(mat: BaseMaterializer) -> Any:
 
     def decode(name: str, data: bytearray) -> Any:
         try:
-            return pq.ParquetFile(pa.BufferReader(pa.py_buffer(data))).read()
+            # Parts decode in parallel on our pool; Arrow's own pool stays idle
+            # (its threads running at interpreter exit have aborted processes).
+            return pq.ParquetFile(pa.BufferReader(pa.py_buffer(data))).read(use_threads=False)
         except (pa.ArrowException, OSError) as exc:
             raise MaterializerError(f"{name} is not a readable Parquet file: {exc}") from exc
 
