@@ -405,15 +405,23 @@ class PostgresKV(KV):
         try:
             try:
                 result = fn(txn)
-                txn.flush()
             except BaseException:
                 with contextlib.suppress(Exception):
                     conn.execute(b"ROLLBACK")
                 raise
             try:
-                conn.execute(b"COMMIT")
+                # The last puts and the COMMIT go out together: one round trip.
+                with conn.pipeline():
+                    txn.flush()
+                    conn.execute(b"COMMIT")
             except self.pg.Error as e:
+                with contextlib.suppress(Exception):
+                    conn.execute(b"ROLLBACK")
                 raise self._commit_error(e, conn) from e
+            except StoreError:  # a put refused by the server (flush): nothing committed
+                with contextlib.suppress(Exception):
+                    conn.execute(b"ROLLBACK")
+                raise
             return result
         finally:
             txn.close()
