@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -279,3 +280,40 @@ def test_the_dashboard_follows_a_shared_store(cluster: Cluster) -> None:
         Dashboard.SYNC_EVERY = 2.0
         server.should_exit = True
         thread.join(10)
+
+
+# -- opening: which URLs a replica uses ----------------------------------------------------
+
+
+def test_resolve_urls_from_arguments_environment_and_the_replica(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from engine.errors import InvalidArgumentError
+    from engine.ledger.replica import SHARED_CONFIG, SharedUrls, redact, resolve_urls
+
+    monkeypatch.delenv("ARTLEDGER_LOG", raising=False)
+    monkeypatch.delenv("ARTLEDGER_CHUNKS", raising=False)
+    embedded = tmp_path / "e"
+    Store.open(embedded).close()
+    root = tmp_path / "r"
+    assert resolve_urls(root, None, None) is None  # embedded
+    log, chunks = "postgresql://ml:secret@db:5432/a", "s3://b/p"
+    assert resolve_urls(root, log, chunks) == SharedUrls(log, chunks)
+    with pytest.raises(InvalidArgumentError, match="chunk store"):
+        resolve_urls(root, log, None)
+    monkeypatch.setenv("ARTLEDGER_LOG", log)
+    monkeypatch.setenv("ARTLEDGER_CHUNKS", chunks)
+    assert resolve_urls(root, None, None) == SharedUrls(log, chunks)
+    assert redact(log) == "postgresql://ml@db:5432/a"
+    root.mkdir()
+    (root / SHARED_CONFIG).write_text(json.dumps({"log": redact(log), "chunks": chunks}))
+    monkeypatch.delenv("ARTLEDGER_LOG")
+    assert resolve_urls(root, None, None) == SharedUrls(redact(log), chunks)
+    assert resolve_urls(root, log, None) == SharedUrls(log, chunks)  # the password is given
+    with pytest.raises(InvalidArgumentError, match="belongs to the shared log"):
+        resolve_urls(root, "postgresql://ml@other/a", None)
+    assert resolve_urls(embedded, None, None) is None  # $ARTLEDGER_CHUNKS does not apply
+    with pytest.raises(InvalidArgumentError, match="embedded store"):
+        resolve_urls(embedded, log, chunks)
