@@ -56,9 +56,16 @@ def save_artifact(
     return (store or active_store()).save_artifact(obj, name, version, tags, metadata)
 
 
-def load_artifact(name: str, version: int | str | None = None, store: Store | None = None) -> Any:
-    """Load ``name`` (latest version unless one is given) from ``store`` or the active store."""
-    return (store or active_store()).load_artifact(name, version)
+def load_artifact(
+    name: str,
+    version: int | str | None = None,
+    store: Store | None = None,
+    *,
+    tag: str | None = None,
+) -> Any:
+    """Load ``name`` from ``store`` or the active store: the latest version,
+    ``version``, or the newest version tagged ``tag``."""
+    return (store or active_store()).load_artifact(name, version, tag=tag)
 
 
 set_active_store(active_store)

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from engine.cli.common import EXIT_OK, add_command, artifact_spec, open_store
+from engine.cli.common import EXIT_OK, SPEC, add_command, artifact_spec, open_store
 from engine.cli.render import (
     artifact_row,
     artifacts_table,
@@ -206,14 +206,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "one artifact version: metadata, files, producer, tags",
         json_flag=True,
     )
-    sp.add_argument("spec", metavar="NAME[:VERSION]")
+    sp.add_argument("spec", metavar=SPEC)
     sp = add_command(
         sub,
         "lineage",
         cmd_lineage,
         "where an artifact came from (or, with --down, what came of it)",
     )
-    sp.add_argument("spec", metavar="NAME[:VERSION]")
+    sp.add_argument("spec", metavar=SPEC)
     sp.add_argument("--down", action="store_true", help="downstream instead of upstream")
     sp.add_argument("--depth", type=int, default=None, help="at most N step hops")
     sp.add_argument("--format", choices=("tree", "dot", "json", "mermaid"), default="tree")

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from engine.store import Store
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+SPEC = "NAME[:VERSION|:latest|@TAG]"
+"""How commands that take an artifact version name it (:func:`artifact_spec`)."""
 
 Command = Callable[[argparse.Namespace], int]
 """A subcommand's handler: the parsed arguments in, the exit code out."""
@@ -76,11 +78,16 @@ def open_store(args: argparse.Namespace, *, create: bool = False) -> Store:
 
 
 def artifact_spec(catalog: Catalog, spec: str) -> ArtifactVersion:
-    """``NAME`` or ``NAME:VERSION`` (a name containing ':' works when given whole)."""
-    if ":" in spec:
-        name, _, version = spec.rpartition(":")
+    """``NAME``, ``NAME:VERSION``, ``NAME:latest`` or ``NAME@TAG`` (the newest
+    version with that tag); a name containing ':' or '@' works when given whole."""
+    for sep in (":", "@"):
+        if sep not in spec:
+            continue
+        name, _, version = spec.rpartition(sep)
         if name and version:
             try:
+                if sep == "@":
+                    return catalog.get_artifact(name, tag=version)
                 return catalog.get_artifact(name, version)
             except ArtifactNotFoundError:
                 try:

@@ -48,6 +48,10 @@ class ArtifactVersion:
     seq = property(lambda self: int(self._rec["seq"]), doc="Sequence number of its event.")
     deleted = property(lambda self: self._rec["deleted"] is not None)
     run_id = property(lambda self: self._rec.get("run"))
+    trusted = property(
+        lambda self: not self._rec.get("untrusted"),
+        doc="False for an imported version nobody vouched for (``store.trust``).",
+    )
     created = property(lambda self: _time(self._rec["ts"]))
 
     @property
