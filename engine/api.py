@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -32,16 +31,26 @@ def active_store() -> Store:
         return _default
 
 
-@contextlib.contextmanager
-def use_store(store: Store) -> Iterator[Store]:
-    """Make ``store`` the active store inside the ``with`` block (this thread)."""
-    stack: list[Store] = getattr(_local, "stack", None) or []
-    _local.stack = stack
-    stack.append(store)
-    try:
-        yield store
-    finally:
-        stack.pop()
+class use_store:  # noqa: N801 -- a function to its callers
+    """Make ``store`` the active store of this thread.
+
+    A plain call, ``engine.use_store(store)``, makes it active from then on;
+    the ``with engine.use_store(store):`` form makes it active inside the block
+    and restores the one active before when the block ends."""
+
+    def __init__(self, store: Store) -> None:
+        stack: list[Store] = getattr(_local, "stack", None) or []
+        _local.stack = stack
+        self.store = store
+        self._depth = len(stack)
+        stack.append(store)
+
+    def __enter__(self) -> Store:
+        return self.store
+
+    def __exit__(self, *exc: object) -> None:
+        stack: list[Store] = getattr(_local, "stack", None) or []
+        del stack[self._depth :]
 
 
 def save_artifact(

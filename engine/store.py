@@ -11,6 +11,7 @@ it (the runner, the benchmarks, tests); it is not part of the stable API.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -338,10 +339,19 @@ class Store:
     def log_metadata(
         self, art: ArtifactVersion | str, metadata: Mapping[str, Any]
     ) -> ArtifactVersion:
-        """Attach user metadata to an artifact version (a ``metadata.logged`` event)."""
+        """Attach user metadata to an artifact version (a ``metadata.logged``
+        event); it is kept apart from the engine's (``art.user_metadata``)."""
         a = self._resolve(art)
         if not isinstance(metadata, Mapping):
             raise InvalidArgumentError("metadata must be a mapping of str to plain values")
+        clash = sorted(set(map(str, metadata)) & set(a.record()["metadata"]))
+        if clash:
+            warnings.warn(
+                f"metadata keys {clash} of {a.name}:{a.version} are the engine's; "
+                "art.metadata keeps the engine's values, art.user_metadata yours",
+                UserWarning,
+                stacklevel=2,
+            )
         self._events([(METADATA_LOGGED, {"id": a.id, "metadata": plain(dict(metadata))})])
         return self.get_artifact_by_id(a.id)
 

@@ -112,6 +112,7 @@ def cmd_artifact(args: argparse.Namespace) -> int:
                 materializer=a.materializer,
                 artifact_type=a.artifact_type,
                 metadata=a.metadata,
+                user_metadata=a.user_metadata,
                 files=files,
                 producer=producer,
                 run=rec.get("run"),
