@@ -383,6 +383,29 @@ class Catalog:
             art = self.get_artifact_by_id(art)
         return build_lineage(self, art, direction, depth)
 
+    def complete_id(self, kind: str, prefix: str) -> str:
+        """The one id of a ``kind`` ("run", "step run", "artifact") starting
+        with ``prefix`` (as git takes a commit); an exact id is taken as it is."""
+        db = {"run": "runs", "step run": "steps", "artifact": "artifacts"}[kind]
+        error = ArtifactNotFoundError if kind == "artifact" else RunNotFoundError
+        if not prefix:
+            raise error(f"no {kind} id given")
+        with self._read() as txn:
+            if txn.get(db, prefix.encode()) is not None:
+                return prefix
+            found = [
+                k.decode() for k, _ in itertools.islice(txn.scan(db, prefix=prefix.encode()), 6)
+            ]
+        if not found:
+            raise error(f"no {kind} with id {prefix!r}, nor one whose id starts with it")
+        if len(found) > 1:
+            more = ", ...)" if len(found) > 5 else ")"
+            raise InvalidArgumentError(
+                f"{kind} id prefix {prefix!r} is ambiguous ({', '.join(found[:5])}{more}; "
+                "give more of it"
+            )
+        return found[0]
+
     # -- stats -----------------------------------------------------------------
     def stats(self) -> dict[str, int]:
         """Counts and sizes: events, runs, artifacts, chunks, logical and stored bytes."""
