@@ -457,15 +457,14 @@ class Store:
     ) -> ImportReport:
         """Validate the stream at ``path`` completely, then import it into
         ``into`` (a store, or a path opened like :meth:`open`) all-or-nothing.
-        Imported pickles stay untrusted unless ``trust_pickles``."""
-        from engine.ops.transfer import import_stream
+        Imported pickles stay untrusted unless ``trust_pickles``; a store this
+        created is removed again when the import is refused."""
+        from engine.ops.transfer import import_into, import_stream
 
         if isinstance(into, Store):
             into.ledger.check_writable("import")
             return import_stream(into, path, trust_pickles=trust_pickles, progress=progress)
-        with cls.open(into) as store:
-            store.ledger.check_writable("import")
-            return import_stream(store, path, trust_pickles=trust_pickles, progress=progress)
+        return import_into(cls, path, into, trust_pickles=trust_pickles, progress=progress)
 
     def as_of(self, when: Any) -> HistoricalView:
         """A read-only view of the store as it was after event ``when`` (a

@@ -125,3 +125,16 @@ def test_lineage_down_collapses_repeated_cached_consumers(cli: Cli) -> None:
     assert "scale cached" not in out and out.count("scale completed") == 2
     assert "(+2 cached: step runs" in out
     assert "shown above" not in out
+
+
+def test_errors_are_one_line(cli: Cli, tmp_path: Path) -> None:
+    cli("export", str(tmp_path / "nowhere" / "x.alx"), rc=1)
+    assert cli.err.startswith("artledger: error: cannot export to")
+    assert "does not exist" in cli.err and len(cli.err.splitlines()) == 1
+    bad = tmp_path / "bad.alx"
+    bad.write_bytes(b"junk")
+    fresh = Cli(tmp_path / "fresh", cli.capsys)
+    fresh("import", str(bad), rc=1)
+    assert "nothing was imported" in fresh.err and not (tmp_path / "fresh").exists()
+    cli("replay", "--as-of", "0", rc=1)
+    assert "events are numbered from 1" in cli.err and "Traceback" not in cli.err

@@ -39,3 +39,44 @@ def test_user_metadata_never_hides_the_engines(store: Store) -> None:
     assert got.user_metadata == {"source": "unit", "content_hash": "evil", "accuracy": 0.9}
     store.rebuild()
     assert store.get_artifact("m").metadata["content_hash"] == art.content_hash
+
+
+def test_as_of_views_load_and_refuse_writes(store: Store) -> None:
+    art = store.save_artifact({"v": 1}, "cfg", tags=["prod"])
+    mark = store.head
+    store.save_artifact({"v": 2}, "cfg", tags=["prod"])
+    view = store.as_of(mark)
+    assert view.load_artifact("cfg") == {"v": 1}
+    assert view.load_artifact("cfg", tag="prod") == {"v": 1}
+    assert store.load_artifact("cfg", tag="prod") == {"v": 2}
+    for write in (
+        lambda: view.tag(art, "x"),
+        lambda: view.untag(art, "prod"),
+        lambda: view.save_artifact(1, "y"),
+        lambda: view.log_metadata(art, {"a": 1}),
+        lambda: view.delete_artifact(art),
+        lambda: view.trust(art),
+    ):
+        with pytest.raises(engine.ReadOnlyStoreError, match="read-only view of the past"):
+            write()
+    assert store.head == mark + 1
+
+
+def test_a_refused_import_leaves_no_new_store(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.alx"
+    bad.write_bytes(b"not a stream")
+    target = tmp_path / "new" / "store"
+    with pytest.raises(engine.ImportValidationError):
+        Store.import_(bad, into=target)
+    assert not (tmp_path / "new").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(engine.ImportValidationError):
+        Store.import_(bad, into=empty)
+    assert empty.is_dir() and not any(empty.iterdir())
+    with Store.open(tmp_path / "kept") as s:
+        s.save_artifact(1, "x")
+    with pytest.raises(engine.ImportValidationError):
+        Store.import_(bad, into=tmp_path / "kept")
+    with Store.open(tmp_path / "kept") as s:
+        assert s.load_artifact("x") == 1

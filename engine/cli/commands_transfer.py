@@ -10,14 +10,20 @@ from engine.cli.common import (
     SPEC,
     add_command,
     artifact_spec,
+    looks_like_store,
     open_store,
+    store_path,
 )
 from engine.cli.render import fmt_size, print_json, progress, stderr, stdout
+from engine.errors import StoreError
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     with open_store(args) as store, progress("export") as update:
-        report = store.export(args.file, names=args.name or None, progress=update)
+        try:
+            report = store.export(args.file, names=args.name or None, progress=update)
+        except OSError as e:  # the destination: permissions, a full disk
+            raise StoreError(f"cannot export to {args.file}: {e.strerror or e}") from None
     if args.json:
         print_json(report.__dict__)
         return EXIT_OK
@@ -33,10 +39,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from engine.store import Store
 
-    with open_store(args, create=True) as store, progress("import") as update:
-        report = Store.import_(
-            args.file, into=store, trust_pickles=args.trust_pickles, progress=update
-        )
+    joining = args.log is not None or args.chunks is not None
+    if not joining and not looks_like_store(store_path(args)):
+        # A new store: made by the import, and removed again if it is refused.
+        with progress("import") as update:
+            report = Store.import_(
+                args.file, into=store_path(args), trust_pickles=args.trust_pickles, progress=update
+            )
+    else:
+        with open_store(args, create=True) as store, progress("import") as update:
+            report = Store.import_(
+                args.file, into=store, trust_pickles=args.trust_pickles, progress=update
+            )
     if args.json:
         print_json(report.__dict__)
         return EXIT_OK
