@@ -464,7 +464,8 @@ class Store:
         if isinstance(into, Store):
             into.ledger.check_writable("import")
             return import_stream(into, path, trust_pickles=trust_pickles, progress=progress)
-        return import_into(cls, path, into, trust_pickles=trust_pickles, progress=progress)
+        root = (Path(into) if into is not None else default_path()).expanduser()
+        return import_into(cls, path, root, trust_pickles=trust_pickles, progress=progress)
 
     def as_of(self, when: Any) -> HistoricalView:
         """A read-only view of the store as it was after event ``when`` (a

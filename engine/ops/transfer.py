@@ -90,17 +90,14 @@ __all__ = [
 def import_into(
     store_cls: type[Store],
     path: str | os.PathLike[str],
-    into: str | os.PathLike[str] | None,
+    root: Path,
     *,
     trust_pickles: bool = False,
     progress: Progress | None = None,
 ) -> ImportReport:
-    """``Store.import_`` into a store path (None: the default), created when
-    missing. When the import is refused, a store it created is removed again:
-    a refused import leaves nothing behind."""
-    from engine.store import default_path
-
-    root = (Path(into) if into is not None else default_path()).expanduser()
+    """``Store.import_`` into the store at ``root``, created when missing. When
+    the import is refused, a store it created is removed again: a refused
+    import leaves nothing behind."""
     missing = not root.exists()
     top = root  # the outermost directory this import would create
     while missing and top.parent != top and not top.parent.exists():
