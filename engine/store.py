@@ -397,23 +397,11 @@ class Store:
         first read every record of the ledger in a child process, and stop
         there if that kills it (a damaged size inside an LMDB page crashes
         the process that reads it; ``artledger verify`` does this)."""
-        from engine.ops.maintenance import VerifyReport, verify
+        from engine.ops.maintenance import verify_isolated
 
         if fix:
             self.ledger.check_writable("fix what verify finds")
-        if isolate and self.path is not None:
-            from engine.ops.salvage import walk_ledger
-
-            problems = walk_ledger(self.path / "ledger" / "data.mdb")
-            if problems:
-                return VerifyReport(
-                    problems=[
-                        *problems,
-                        "the ledger was not checked further in this process (reading it would "
-                        "kill it); `artledger recover` rebuilds the ledger",
-                    ]
-                )
-        return verify(self, progress=progress, fix=fix)
+        return verify_isolated(self, progress=progress, fix=fix, isolate=isolate)
 
     def gc(
         self, dry_run: bool = False, *, explain: bool = False, grace: float = 3600.0
