@@ -18,8 +18,11 @@ _default_lock = threading.Lock()
 
 
 def active_store() -> Store:
-    """The store set by :func:`use_store`, else the default store (opened on first use)."""
+    """The store set by :func:`use_store` (unless closed since), else the default
+    store (opened on first use)."""
     stack: list[Store] = getattr(_local, "stack", [])
+    while stack and stack[-1].ledger.closed:  # a closed store stops being active
+        stack.pop()
     if stack:
         return stack[-1]
     global _default

@@ -80,3 +80,13 @@ def test_a_refused_import_leaves_no_new_store(tmp_path: Path) -> None:
         Store.import_(bad, into=tmp_path / "kept")
     with Store.open(tmp_path / "kept") as s:
         assert s.load_artifact("x") == 1
+
+
+def test_a_closed_store_stops_being_active(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTLEDGER_STORE", str(tmp_path / "default"))
+    with Store.open(tmp_path / "outer") as outer, engine.use_store(outer):
+        inner = Store.open(tmp_path / "inner")
+        engine.use_store(inner)
+        assert engine.active_store() is inner
+        inner.close()
+        assert engine.active_store() is outer
