@@ -148,7 +148,11 @@ def cmd_artifact(args: argparse.Namespace) -> int:
         if producer:
             info.add_row("producer", " ".join(f"{k} {v}" for k, v in producer.items()))
         if rec.get("untrusted"):
-            info.add_row("trust", "imported, untrusted (pickles will not load)")
+            info.add_row(
+                "trust",
+                "imported, untrusted (pickles will not load; "
+                f"`artledger trust {a.name}:{a.version}` vouches for it)",
+            )
         out.print(info)
         meta = new_table("metadata", "key", "value")
         for k, v in sorted(a.metadata.items()):
