@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,8 +18,11 @@ _default_lock = threading.Lock()
 
 
 def active_store() -> Store:
-    """The store set by :func:`use_store`, else the default store (opened on first use)."""
+    """The store set by :func:`use_store` (unless closed since), else the default
+    store (opened on first use)."""
     stack: list[Store] = getattr(_local, "stack", [])
+    while stack and stack[-1].ledger.closed:  # a closed store stops being active
+        stack.pop()
     if stack:
         return stack[-1]
     global _default
@@ -32,16 +34,26 @@ def active_store() -> Store:
         return _default
 
 
-@contextlib.contextmanager
-def use_store(store: Store) -> Iterator[Store]:
-    """Make ``store`` the active store inside the ``with`` block (this thread)."""
-    stack: list[Store] = getattr(_local, "stack", None) or []
-    _local.stack = stack
-    stack.append(store)
-    try:
-        yield store
-    finally:
-        stack.pop()
+class use_store:  # noqa: N801 -- a function to its callers
+    """Make ``store`` the active store of this thread.
+
+    A plain call, ``engine.use_store(store)``, makes it active from then on;
+    the ``with engine.use_store(store):`` form makes it active inside the block
+    and restores the one active before when the block ends."""
+
+    def __init__(self, store: Store) -> None:
+        stack: list[Store] = getattr(_local, "stack", None) or []
+        _local.stack = stack
+        self.store = store
+        self._depth = len(stack)
+        stack.append(store)
+
+    def __enter__(self) -> Store:
+        return self.store
+
+    def __exit__(self, *exc: object) -> None:
+        stack: list[Store] = getattr(_local, "stack", None) or []
+        del stack[self._depth :]
 
 
 def save_artifact(
@@ -56,9 +68,16 @@ def save_artifact(
     return (store or active_store()).save_artifact(obj, name, version, tags, metadata)
 
 
-def load_artifact(name: str, version: int | str | None = None, store: Store | None = None) -> Any:
-    """Load ``name`` (latest version unless one is given) from ``store`` or the active store."""
-    return (store or active_store()).load_artifact(name, version)
+def load_artifact(
+    name: str,
+    version: int | str | None = None,
+    store: Store | None = None,
+    *,
+    tag: str | None = None,
+) -> Any:
+    """Load ``name`` from ``store`` or the active store: the latest version,
+    ``version``, or the newest version tagged ``tag``."""
+    return (store or active_store()).load_artifact(name, version, tag=tag)
 
 
 set_active_store(active_store)

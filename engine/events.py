@@ -29,6 +29,7 @@ ARTIFACT_WRITTEN: Final = "artifact.written"
 ARTIFACT_TAGGED: Final = "artifact.tagged"
 ARTIFACT_UNTAGGED: Final = "artifact.untagged"
 ARTIFACT_DELETED: Final = "artifact.deleted"
+ARTIFACT_TRUSTED: Final = "artifact.trusted"
 METADATA_LOGGED: Final = "metadata.logged"
 GC_COMPLETED: Final = "gc.completed"
 
@@ -58,6 +59,7 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     },
     ARTIFACT_TAGGED: {"id": _STR, "tags": _LIST},
     ARTIFACT_UNTAGGED: {"id": _STR, "tags": _LIST},
+    ARTIFACT_TRUSTED: {"id": _STR, "state": _DICT},
     METADATA_LOGGED: {"id": _STR, "metadata": _DICT},
     ARTIFACT_DELETED: {"id": _STR},
     RUN_STARTED: {"id": _STR, "pipeline": _STR},

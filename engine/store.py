@@ -11,6 +11,7 @@ it (the runner, the benchmarks, tests); it is not part of the stable API.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -217,9 +218,18 @@ class Store:
         """Events with ``start <= seq < stop`` in order (``stop`` exclusive)."""
         return self.catalog.events(start, stop)
 
-    def get_artifact(self, name: str, version: int | str | None = None) -> ArtifactVersion:
-        """A version of ``name``: the latest, or ``version`` (an int, a label, or ``"latest"``)."""
-        return self.catalog.get_artifact(name, version)
+    def get_artifact(
+        self, name: str, version: int | str | None = None, *, tag: str | None = None
+    ) -> ArtifactVersion:
+        """A version of ``name``: the latest, ``version`` (an int, a label, or
+        ``"latest"``), or the newest live version tagged ``tag``."""
+        try:
+            return self.catalog.get_artifact(name, version, tag=tag)
+        except ArtifactNotFoundError as e:
+            raise ArtifactNotFoundError(f"{e} (searched {self._where()})") from None
+
+    def _where(self) -> str:
+        return "an in-memory store" if self.path is None else f"the store at {self.path}"
 
     def get_artifact_by_id(self, artifact_id: str) -> ArtifactVersion:
         """The artifact version with this id (deleted ones too)."""
@@ -293,9 +303,12 @@ class Store:
 
         return self.get_artifact_by_id(retry_on_concurrent_gc(write)[0]["id"])
 
-    def load_artifact(self, name: str, version: int | str | None = None) -> Any:
-        """The object stored as ``name`` (latest version unless one is given)."""
-        return self.get_artifact(name, version).load()
+    def load_artifact(
+        self, name: str, version: int | str | None = None, *, tag: str | None = None
+    ) -> Any:
+        """The object stored as ``name``: the latest version, ``version``, or the
+        newest version tagged ``tag``."""
+        return self.get_artifact(name, version, tag=tag).load()
 
     def _resolve(self, art: ArtifactVersion | str) -> ArtifactVersion:
         if isinstance(art, ArtifactVersion):
@@ -326,12 +339,31 @@ class Store:
     def log_metadata(
         self, art: ArtifactVersion | str, metadata: Mapping[str, Any]
     ) -> ArtifactVersion:
-        """Attach user metadata to an artifact version (a ``metadata.logged`` event)."""
+        """Attach user metadata to an artifact version (a ``metadata.logged``
+        event); it is kept apart from the engine's (``art.user_metadata``)."""
         a = self._resolve(art)
         if not isinstance(metadata, Mapping):
             raise InvalidArgumentError("metadata must be a mapping of str to plain values")
+        clash = sorted(set(map(str, metadata)) & set(a.record()["metadata"]))
+        if clash:
+            warnings.warn(
+                f"metadata keys {clash} of {a.name}:{a.version} are the engine's; "
+                "art.metadata keeps the engine's values, art.user_metadata yours",
+                UserWarning,
+                stacklevel=2,
+            )
         self._events([(METADATA_LOGGED, {"id": a.id, "metadata": plain(dict(metadata))})])
         return self.get_artifact_by_id(a.id)
+
+    def trust(self, art: ArtifactVersion | str) -> ArtifactVersion:
+        """Vouch for an imported (untrusted) artifact version: sign its pickles
+        again with this store's secret, recorded as an ``artifact.trusted``
+        event, so they load (and the classes it names may be imported). Use it
+        only for versions whose source you trust; a trusted version is returned
+        as it is."""
+        from engine.ops.trust import trust
+
+        return trust(self, self._resolve(art))[0]
 
     def delete_artifact(self, art: ArtifactVersion | str) -> None:
         """Tombstone an artifact version; its bytes stay until :meth:`gc`."""
@@ -365,23 +397,11 @@ class Store:
         first read every record of the ledger in a child process, and stop
         there if that kills it (a damaged size inside an LMDB page crashes
         the process that reads it; ``artledger verify`` does this)."""
-        from engine.ops.maintenance import VerifyReport, verify
+        from engine.ops.maintenance import verify_isolated
 
         if fix:
             self.ledger.check_writable("fix what verify finds")
-        if isolate and self.path is not None:
-            from engine.ops.salvage import walk_ledger
-
-            problems = walk_ledger(self.path / "ledger" / "data.mdb")
-            if problems:
-                return VerifyReport(
-                    problems=[
-                        *problems,
-                        "the ledger was not checked further in this process (reading it would "
-                        "kill it); `artledger recover` rebuilds the ledger",
-                    ]
-                )
-        return verify(self, progress=progress, fix=fix)
+        return verify_isolated(self, progress=progress, fix=fix, isolate=isolate)
 
     def gc(
         self, dry_run: bool = False, *, explain: bool = False, grace: float = 3600.0
@@ -425,15 +445,15 @@ class Store:
     ) -> ImportReport:
         """Validate the stream at ``path`` completely, then import it into
         ``into`` (a store, or a path opened like :meth:`open`) all-or-nothing.
-        Imported pickles stay untrusted unless ``trust_pickles``."""
-        from engine.ops.transfer import import_stream
+        Imported pickles stay untrusted unless ``trust_pickles``; a store this
+        created is removed again when the import is refused."""
+        from engine.ops.transfer import import_into, import_stream
 
         if isinstance(into, Store):
             into.ledger.check_writable("import")
             return import_stream(into, path, trust_pickles=trust_pickles, progress=progress)
-        with cls.open(into) as store:
-            store.ledger.check_writable("import")
-            return import_stream(store, path, trust_pickles=trust_pickles, progress=progress)
+        root = (Path(into) if into is not None else default_path()).expanduser()
+        return import_into(cls, path, root, trust_pickles=trust_pickles, progress=progress)
 
     def as_of(self, when: Any) -> HistoricalView:
         """A read-only view of the store as it was after event ``when`` (a

@@ -9,6 +9,11 @@ the engine) or, for libraries that insist on a path, into the real directory
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import IO, Any, ClassVar, Literal, overload
 
 from engine.errors import MaterializerError
@@ -32,7 +37,21 @@ class BaseMaterializer:
     VERSION: ClassVar[int] = 1
     SKIP_REGISTRATION: ClassVar[bool] = False
 
-    def __init__(self, files: ArtifactFiles) -> None:
+    def __init__(
+        self,
+        files: ArtifactFiles | None = None,
+        artifact_store: object = None,
+        *,
+        uri: ArtifactFiles | None = None,
+    ) -> None:
+        """The engine passes ``files``. A ported ZenML materializer whose
+        ``__init__(self, uri, artifact_store=None)`` calls
+        ``super().__init__(uri, artifact_store)`` (or by keyword) works as it is:
+        what it receives as ``uri`` is the files; ``artifact_store`` is ignored
+        (:attr:`artifact_store` serves that role)."""
+        files = files if files is not None else uri
+        if files is None:
+            raise MaterializerError(f"{registry.identity(type(self))} was made without its files")
         self.files = files
         self.metadata: dict[str, Any] | None = None
         """What :meth:`extract_metadata` returned for this artifact, set by the
@@ -40,7 +59,22 @@ class BaseMaterializer:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if cls.__module__ == "__main__":
+            warnings.warn(
+                f"materializer {cls.__qualname__} is defined in __main__: artifacts it saves "
+                "load only in this process (another one cannot import it). Define it in a "
+                "module and import it from there",
+                UserWarning,
+                stacklevel=2,
+            )
         registry._register_subclass(cls)
+
+    @property
+    def artifact_store(self) -> LocalArtifactStore:
+        """ZenML's ``self.artifact_store`` for ported code: ``open``, ``exists``,
+        ``makedirs``, ``listdir`` ... over paths inside :attr:`uri` (a real
+        directory, so it costs what :attr:`uri` costs; prefer :meth:`open`)."""
+        return LocalArtifactStore(self.uri)
 
     @classmethod
     def can_handle_type(cls, data_type: type) -> bool:
@@ -106,3 +140,80 @@ class BaseMaterializer:
         "image". The engine calls it on a separate ``ArtifactFiles``, so these
         files are not part of the artifact's content."""
         return {}
+
+
+class LocalArtifactStore:
+    """The part of ZenML's artifact-store API ported materializers use
+    (``self.artifact_store.open(os.path.join(self.uri, name), mode)`` and the
+    ``fileio`` functions), over the real directory :attr:`BaseMaterializer.uri`.
+    Paths outside it are refused."""
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root).resolve()
+
+    def _path(self, path: str | os.PathLike[str]) -> Path:
+        full = (self.root / path).resolve()
+        if full != self.root and self.root not in full.parents:
+            raise MaterializerError(
+                f"{os.fspath(path)!r} is outside this artifact's directory (self.uri)"
+            )
+        return full
+
+    def open(self, path: str | os.PathLike[str], mode: str = "r") -> IO[Any]:
+        full = self._path(path)
+        if any(c in mode for c in "wax"):
+            full.parent.mkdir(parents=True, exist_ok=True)
+        return full.open(mode)
+
+    def exists(self, path: str | os.PathLike[str]) -> bool:
+        return self._path(path).exists()
+
+    def isdir(self, path: str | os.PathLike[str]) -> bool:
+        return self._path(path).is_dir()
+
+    def listdir(self, path: str | os.PathLike[str]) -> list[str]:
+        return sorted(p.name for p in self._path(path).iterdir())
+
+    def makedirs(self, path: str | os.PathLike[str]) -> None:
+        self._path(path).mkdir(parents=True, exist_ok=True)
+
+    mkdir = makedirs
+
+    def remove(self, path: str | os.PathLike[str]) -> None:
+        self._path(path).unlink()
+
+    def rmtree(self, path: str | os.PathLike[str]) -> None:
+        shutil.rmtree(self._path(path))
+
+    def copyfile(
+        self, src: str | os.PathLike[str], dst: str | os.PathLike[str], overwrite: bool = False
+    ) -> None:
+        target = self._path(dst)
+        if target.exists() and not overwrite:
+            raise FileExistsError(target)
+        shutil.copyfile(self._path(src), target)
+
+    def size(self, path: str | os.PathLike[str]) -> int:
+        return self._path(path).stat().st_size
+
+    def walk(self, top: str | os.PathLike[str]) -> Iterator[tuple[str, list[str], list[str]]]:
+        return os.walk(self._path(top))
+
+
+def visualization_names(result: Any, root: Callable[[], str]) -> dict[str, str]:
+    """``save_visualizations``' result as ``{file name: kind}``: ZenML's
+    ``{full path: VisualizationType.HTML}`` is accepted too (paths inside the
+    real directory ``root()`` become names, enum kinds their value)."""
+    if not isinstance(result, Mapping):
+        return {}
+    out: dict[str, str] = {}
+    for key, kind in result.items():
+        name = os.fspath(key)
+        if Path(name).is_absolute():
+            base = Path(root()).resolve()
+            full = Path(name).resolve()
+            if base not in full.parents:
+                continue
+            name = full.relative_to(base).as_posix()
+        out[name] = str(getattr(kind, "value", kind)).lower()
+    return out

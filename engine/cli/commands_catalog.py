@@ -8,10 +8,18 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from engine.cli.common import EXIT_OK, add_command, artifact_spec, open_store
+from engine.cli.common import (
+    EXIT_OK,
+    SPEC,
+    add_command,
+    artifact_spec,
+    open_store,
+    save_visualizations,
+)
 from engine.cli.render import (
     artifact_row,
     artifacts_table,
+    cache_reason,
     fmt_size,
     fmt_status,
     fmt_time,
@@ -50,7 +58,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     with open_store(args) as store:
-        run = store.get_run(args.id)
+        run = store.get_run(store.catalog.complete_id("run", args.id))
         steps = run.steps
         if args.json:
             row = run_row(run)
@@ -62,12 +70,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         out.print(f"started {fmt_time(run.record().get('ts'))}  params {run.params}")
         if run.error:
             out.print(f"[red]error:[/] {run.error}")
-        table = new_table(None, "invocation", "status", "step run", "cache key", "outputs")
+        table = new_table(None, "invocation", "status", "step run", "cache key", "cache", "outputs")
         for inv, s in steps.items():
             outs = ", ".join(
                 f"{k} -> {a.name}:{a.version}" for k, a in _safe_outputs(s.record(), store)
             )
-            table.add_row(inv, fmt_status(s.status), s.id, (s.cache_key or "")[:12], outs)
+            table.add_row(
+                inv, fmt_status(s.status), s.id, (s.cache_key or "")[:12], cache_reason(s), outs
+            )
         out.print(table)
     return EXIT_OK
 
@@ -106,16 +116,21 @@ def cmd_artifact(args: argparse.Namespace) -> int:
         files = [
             {"name": f[0], "size": f[1], "hash": f[2], "chunks": len(f[3])} for f in rec["files"]
         ]
+        vis = [{"name": v[0], "kind": v[1], "size": v[2][1]} for v in rec.get("visualizations", [])]
+        saved = [] if args.save_visualizations is None else save_visualizations(a, args)
         if args.json:
             row = artifact_row(a)
             row.update(
                 materializer=a.materializer,
                 artifact_type=a.artifact_type,
                 metadata=a.metadata,
+                user_metadata=a.user_metadata,
                 files=files,
                 producer=producer,
                 run=rec.get("run"),
                 untrusted=bool(rec.get("untrusted")),
+                visualizations=vis,
+                saved_visualizations=saved,
             )
             print_json(row)
             return EXIT_OK
@@ -133,7 +148,11 @@ def cmd_artifact(args: argparse.Namespace) -> int:
         if producer:
             info.add_row("producer", " ".join(f"{k} {v}" for k, v in producer.items()))
         if rec.get("untrusted"):
-            info.add_row("trust", "imported, untrusted (pickles will not load)")
+            info.add_row(
+                "trust",
+                "imported, untrusted (pickles will not load; "
+                f"`artledger trust {a.name}:{a.version}` vouches for it)",
+            )
         out.print(info)
         meta = new_table("metadata", "key", "value")
         for k, v in sorted(a.metadata.items()):
@@ -143,6 +162,13 @@ def cmd_artifact(args: argparse.Namespace) -> int:
         for f in files:
             ftable.add_row(f["name"], fmt_size(f["size"]), f["hash"], str(f["chunks"]))
         out.print(ftable)
+        if vis:
+            vtable = new_table("visualizations", "name", "kind", "size")
+            for v in vis:
+                vtable.add_row(v["name"], v["kind"], fmt_size(v["size"]))
+            out.print(vtable)
+        for path in saved:
+            out.print(f"wrote {path}")
     return EXIT_OK
 
 
@@ -163,7 +189,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     with open_store(args) as store:
-        step_run = store.get_step_run(args.step_run)
+        step_run = store.get_step_run(store.catalog.complete_id("step run", args.step_run))
         reasons = list(store.explain(step_run)) if hasattr(store, "explain") else []
         if args.json:
             print_json(
@@ -192,7 +218,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sp = add_command(sub, "runs", cmd_runs, "list runs, oldest first", json_flag=True)
     sp.add_argument("--pipeline", help="only runs of this pipeline")
     sp = add_command(sub, "run", cmd_run, "one run and its step runs", json_flag=True)
-    sp.add_argument("id")
+    sp.add_argument("id", help="a run id, or a unique prefix of one")
     sp = add_command(
         sub, "artifacts", cmd_artifacts, "list artifact versions, oldest first", json_flag=True
     )
@@ -206,14 +232,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "one artifact version: metadata, files, producer, tags",
         json_flag=True,
     )
-    sp.add_argument("spec", metavar="NAME[:VERSION]")
+    sp.add_argument("spec", metavar=SPEC)
+    sp.add_argument(
+        "--save-visualizations",
+        metavar="DIR",
+        help="write its visualizations (HTML, images, ...) into DIR",
+    )
     sp = add_command(
         sub,
         "lineage",
         cmd_lineage,
         "where an artifact came from (or, with --down, what came of it)",
     )
-    sp.add_argument("spec", metavar="NAME[:VERSION]")
+    sp.add_argument("spec", metavar=SPEC)
     sp.add_argument("--down", action="store_true", help="downstream instead of upstream")
     sp.add_argument("--depth", type=int, default=None, help="at most N step hops")
     sp.add_argument("--format", choices=("tree", "dot", "json", "mermaid"), default="tree")
@@ -224,4 +255,4 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "why a step run ran: what differs from the nearest earlier run",
         json_flag=True,
     )
-    sp.add_argument("step_run", metavar="STEP_RUN")
+    sp.add_argument("step_run", metavar="STEP_RUN", help="a step run id, or a unique prefix")

@@ -74,6 +74,11 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 def _as_of_arg(text: str) -> int | _dt.datetime:
     if text.isdigit():
+        if int(text) == 0:
+            raise InvalidArgumentError(
+                "--as-of 0: events are numbered from 1 (the store's creation); give an "
+                "event sequence number from 1 to the head (`artledger log`), or an ISO time"
+            )
         return int(text)
     try:
         when = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli.common import EXIT_OK, add_command, open_store
-from engine.cli.render import fmt_size, print_json, progress, stdout
+from engine.cli.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    SPEC,
+    add_command,
+    artifact_spec,
+    looks_like_store,
+    open_store,
+    store_path,
+)
+from engine.cli.render import fmt_size, print_json, progress, stderr, stdout
+from engine.errors import StoreError
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     with open_store(args) as store, progress("export") as update:
-        report = store.export(args.file, names=args.name or None, progress=update)
+        try:
+            report = store.export(args.file, names=args.name or None, progress=update)
+        except OSError as e:  # the destination: permissions, a full disk
+            raise StoreError(f"cannot export to {args.file}: {e.strerror or e}") from None
     if args.json:
         print_json(report.__dict__)
         return EXIT_OK
@@ -26,10 +39,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from engine.store import Store
 
-    with open_store(args, create=True) as store, progress("import") as update:
-        report = Store.import_(
-            args.file, into=store, trust_pickles=args.trust_pickles, progress=update
-        )
+    joining = args.log is not None or args.chunks is not None
+    if not joining and not looks_like_store(store_path(args)):
+        # A new store: made by the import, and removed again if it is refused.
+        with progress("import") as update:
+            report = Store.import_(
+                args.file, into=store_path(args), trust_pickles=args.trust_pickles, progress=update
+            )
+    else:
+        with open_store(args, create=True) as store, progress("import") as update:
+            report = Store.import_(
+                args.file, into=store, trust_pickles=args.trust_pickles, progress=update
+            )
     if args.json:
         print_json(report.__dict__)
         return EXIT_OK
@@ -45,13 +66,39 @@ def cmd_import(args: argparse.Namespace) -> int:
     )
     for name, shift in sorted(report.renumbered.items()):
         out.print(f"  versions of {name!r} shifted by {shift} (the store already had some)")
-    if report.untrusted:
+    if report.untrusted_pickles:
         out.print(
-            f"  {report.untrusted} artifact versions are marked untrusted: their pickles will "
-            "not load (re-import with --trust-pickles if you trust the source)"
+            f"  {report.untrusted_pickles} artifact versions hold pickles that will not load "
+            "until trusted (`artledger trust --all-imported` if you trust the source)"
         )
     if report.resigned:
         out.print(f"  {report.resigned} pickles signed again with this store's secret")
+    return EXIT_OK
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    from engine.ops.trust import trust
+
+    if bool(args.spec) == bool(args.all_imported):
+        stderr().print("artledger trust: give NAME[:VERSION] or --all-imported (one of them)")
+        return EXIT_USAGE
+    with open_store(args) as store:
+        if args.spec:
+            arts = [artifact_spec(store.catalog, args.spec)]
+        else:
+            arts = [a for a in store.list_artifacts() if not a.trusted]
+        done = []
+        for a in arts:
+            _, signed = trust(store, a)
+            done.append({"name": a.name, "version": a.version, "id": a.id, "signed": signed})
+    if args.json:
+        print_json(done)
+        return EXIT_OK
+    out = stdout()
+    for d in done:
+        out.print(f"trusted {d['name']}:{d['version']} ({d['signed']} pickles signed again)")
+    if not done:
+        out.print("no untrusted artifact versions; nothing to do")
     return EXIT_OK
 
 
@@ -83,4 +130,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--trust-pickles",
         action="store_true",
         help="sign the stream's pickles with this store's secret",
+    )
+    sp = add_command(
+        sub,
+        "trust",
+        cmd_trust,
+        "vouch for imported artifact versions: sign their pickles with this store's secret",
+        json_flag=True,
+    )
+    sp.add_argument("spec", metavar=SPEC, nargs="?")
+    sp.add_argument(
+        "--all-imported", action="store_true", help="every untrusted (imported) live version"
     )

@@ -8,6 +8,7 @@ subcommands with :func:`add_command`; ``engine.cli.main`` calls them in order.
 from __future__ import annotations
 
 import argparse
+import string
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from engine.store import Store
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+SPEC = "NAME[:VERSION|:latest|@TAG]"
+"""How commands that take an artifact version name it (:func:`artifact_spec`)."""
 
 Command = Callable[[argparse.Namespace], int]
 """A subcommand's handler: the parsed arguments in, the exit code out."""
@@ -76,11 +79,30 @@ def open_store(args: argparse.Namespace, *, create: bool = False) -> Store:
 
 
 def artifact_spec(catalog: Catalog, spec: str) -> ArtifactVersion:
-    """``NAME`` or ``NAME:VERSION`` (a name containing ':' works when given whole)."""
-    if ":" in spec:
-        name, _, version = spec.rpartition(":")
+    """``NAME``, ``NAME:VERSION``, ``NAME:latest``, ``NAME@TAG`` (the newest
+    version with that tag), or an artifact id or a unique prefix of one (at
+    least 4 hex digits, when no name matches); a name containing ':' or '@'
+    works when given whole."""
+    try:
+        return _by_name(catalog, spec)
+    except ArtifactNotFoundError:
+        if len(spec) >= 4 and all(c in string.hexdigits for c in spec):
+            try:
+                return catalog.get_artifact_by_id(catalog.complete_id("artifact", spec))
+            except ArtifactNotFoundError:
+                pass
+        raise
+
+
+def _by_name(catalog: Catalog, spec: str) -> ArtifactVersion:
+    for sep in (":", "@"):
+        if sep not in spec:
+            continue
+        name, _, version = spec.rpartition(sep)
         if name and version:
             try:
+                if sep == "@":
+                    return catalog.get_artifact(name, tag=version)
                 return catalog.get_artifact(name, version)
             except ArtifactNotFoundError:
                 try:
@@ -89,3 +111,17 @@ def artifact_spec(catalog: Catalog, spec: str) -> ArtifactVersion:
                     pass
                 raise
     return catalog.get_artifact(spec)
+
+
+def save_visualizations(art: ArtifactVersion, args: argparse.Namespace) -> list[Path]:
+    """Write ``art``'s visualizations into ``args.save_visualizations``; the paths."""
+    from engine.storage.files import check_name
+
+    target = Path(args.save_visualizations)
+    out = []
+    for name, _, data in art.visualizations:
+        dest = target / check_name(name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+        out.append(dest)
+    return out

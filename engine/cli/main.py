@@ -20,6 +20,7 @@ import argparse
 import sys
 
 from engine.cli import (
+    commands_artifacts,
     commands_catalog,
     commands_history,
     commands_maintenance,
@@ -33,6 +34,7 @@ from engine.errors import ArtledgerError
 # Each module declares its subcommands with ``add_parser(sub)``; help lists them in this order.
 COMMAND_MODULES = (
     commands_catalog,
+    commands_artifacts,
     commands_history,
     commands_transfer,
     commands_maintenance,

@@ -24,7 +24,7 @@ from engine.events import (
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from engine.query.models import ArtifactVersion, Run
+    from engine.query.models import ArtifactVersion, Run, StepRun
     from engine.storage.log import Event
 
 
@@ -143,7 +143,7 @@ def artifact_row(a: ArtifactVersion) -> dict[str, Any]:
 def artifacts_table(arts: list[ArtifactVersion], title: str | None = None) -> Any:
     table = new_table(title, "name", "version", "type", "size", "content hash", "tags", "created")
     for a in arts:
-        name = f"[strike]{a.name}[/]" if a.deleted else a.name
+        name = f"[strike]{a.name}[/] [red](deleted)[/]" if a.deleted else a.name
         table.add_row(
             name,
             str(a.version),
@@ -198,6 +198,13 @@ _COLORS = {
 }
 
 
+def cache_reason(s: StepRun) -> str:
+    """Why a step run was served from the cache, or ran."""
+    if s.status == "cached":
+        return f"hit: reused step run {s.source}" if s.source else "hit"
+    return str(s.cache_miss_reason or "")
+
+
 def fmt_status(status: str) -> str:
     color = _COLORS.get(status)
     return f"[{color}]{status}[/]" if color else status
@@ -239,12 +246,55 @@ def lineage_tree(graph: Any, *, down: bool) -> Any:
     shown: set[str] = {graph.root}
 
     def grow(node: Any, nid: str) -> None:
-        for child in children.get(nid, []):
+        for child, same in _collapse_cached(graph, children, children.get(nid, [])):
             if child in shown:
                 node.add(label(child) + "  [dim](shown above)[/]")
                 continue
             shown.add(child)
-            grow(node.add(label(child)), child)
+            shown.update(same)
+            text = label(child)
+            if same:
+                ids = ", ".join(same[:3]) + (", ..." if len(same) > 3 else "")
+                text += f"  [dim](+{len(same)} cached: step runs {ids})[/]"
+            grow(node.add(text), child)
 
     grow(root, graph.root)
     return root
+
+
+def _collapse_cached(
+    graph: Any, children: dict[str, list[str]], kids: list[str]
+) -> list[tuple[str, list[str]]]:
+    """``kids``, each with the cache hits it stands for: step runs of the same
+    step with the same outputs that were served from the cache (downstream, an
+    artifact read by every cached rerun of a pipeline would list each). The
+    step run that computed them leads its group when it is among ``kids``."""
+
+    def key(kid: str) -> tuple[str, tuple[str, ...]] | None:
+        n = graph.nodes[kid]
+        if n["kind"] == "artifact":
+            return None
+        return (str(n["name"]), tuple(sorted(children.get(kid, []))))
+
+    def cached(kid: str) -> bool:
+        return bool(graph.nodes[kid].get("status") == "cached")
+
+    leaders: dict[tuple[str, tuple[str, ...]], str] = {}
+    for kid in kids:
+        k = key(kid)
+        if k is not None and (k not in leaders or (cached(leaders[k]) and not cached(kid))):
+            leaders[k] = kid
+    out: list[tuple[str, list[str]]] = []
+    groups: dict[str, list[str]] = {}
+    for kid in kids:
+        k = key(kid)
+        leader = leaders.get(k) if k is not None else None
+        if leader is None or kid == leader or not cached(kid):
+            groups[kid] = []
+            out.append((kid, groups[kid]))
+    for kid in kids:
+        k = key(kid)
+        leader = leaders.get(k) if k is not None else None
+        if leader is not None and kid != leader and cached(kid):
+            groups[leader].append(kid)
+    return out

@@ -80,6 +80,7 @@ def prepare(
 ) -> Prepared:
     """Materialize ``obj`` into chunks (durable after the next commit)."""
     from materializers import registry
+    from materializers.base import visualization_names
 
     ledger.check_writable(f"save artifact {name!r}")
     check_artifact_name(name)
@@ -131,9 +132,12 @@ def prepare(
     vfiles = WriteFiles(session, ledger.secret, secret_problem=ledger.secret_problem)
     vm = cls(vfiles)
     vm.metadata = extracted if isinstance(extracted, dict) else None
-    kinds = _safe_call(vm.save_visualizations, obj, f"{ident}.save_visualizations")
+    kinds = visualization_names(
+        _safe_call(vm.save_visualizations, obj, f"{ident}.save_visualizations"),
+        vfiles.local_dir,
+    )
     vfiles.finish()
-    for vname, kind in (kinds or {}).items():
+    for vname, kind in kinds.items():
         entry = vfiles.entries.get(vname)
         if entry is not None:
             vis.append([vname, str(kind), entry.to_record()])

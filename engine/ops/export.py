@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
-from engine.errors import ArtifactNotFoundError, ImportValidationError
+from engine.errors import ArtifactNotFoundError, ImportValidationError, InvalidArgumentError
 from engine.events import ARTIFACT_WRITTEN, METADATA_LOGGED, STORE_CREATED
 from engine.ops.stream import FORMAT, MAGIC, PREAMBLE, Progress, Writer, absent_key
 from engine.projections.records import map_manifests
@@ -112,6 +112,12 @@ def export_stream(
     target = Path(path)
     report = ExportReport(target)
     tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    if not target.parent.is_dir():
+        raise InvalidArgumentError(
+            f"cannot export to {target}: the directory {target.parent} does not exist"
+        )
+    if target.is_dir():
+        raise InvalidArgumentError(f"cannot export to {target}: it is a directory; name a file")
     emitted: dict[bytes, bytes] = {}
     try:
         with open(tmp, "wb") as f:

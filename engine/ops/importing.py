@@ -18,10 +18,11 @@ import msgpack
 
 from engine import failpoints
 from engine.errors import ImportValidationError, MaterializerError
-from engine.events import ARTIFACT_WRITTEN
+from engine.events import ARTIFACT_TRUSTED, ARTIFACT_WRITTEN
 from engine.ops.rechunk import Rechunker
 from engine.ops.stream import ChunkSource, Progress
 from engine.ops.stream_scan import Plan, scan
+from engine.ops.trust import signed_pickles
 from engine.projections import apply
 from engine.projections.fold import next_version
 from engine.projections.keys import MAX_VERSION, version_key
@@ -37,7 +38,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class ImportReport:
-    """What ``Store.import_()`` did (nothing, when ``already_imported``)."""
+    """What ``Store.import_()`` did (nothing, when ``already_imported``).
+
+    ``untrusted`` counts the versions marked untrusted, ``untrusted_pickles``
+    those of them that hold pickles (which refuse to load until trusted)."""
 
     path: Path
     events: int = 0
@@ -51,6 +55,7 @@ class ImportReport:
     last_seq: int = 0
     renumbered: dict[str, int] = field(default_factory=dict)
     untrusted: int = 0
+    untrusted_pickles: int = 0
     resigned: int = 0
     already_imported: bool = False
     seconds: float = 0.0
@@ -251,6 +256,7 @@ def import_stream(
                 )
             shifts = _renumber(txn, plan)
             first = last = untrusted = logical = 0
+            report.untrusted_pickles = 0
             batch: list[dict[str, Any]] = []
 
             def append() -> None:
@@ -264,9 +270,13 @@ def import_stream(
                 data = e.data
                 if e.type == ARTIFACT_WRITTEN:
                     data = finish(data, shifts)
-                    untrusted += bool(data.get("untrusted"))
+                    if data.get("untrusted"):
+                        untrusted += 1
+                        report.untrusted_pickles += bool(signed_pickles(data["state"]))
                     if data["id"] not in plan.incomplete:
                         logical += int(data["size"])
+                elif e.type == ARTIFACT_TRUSTED and not preserve_trust:
+                    data = {**data, "foreign": True}  # signed under the source's secret
                 v = SCHEMA_VERSIONS.get(e.type, 1)
                 batch.append({"type": e.type, "v": v, "ts": e.ts, "data": data})
                 if len(batch) >= APPEND_BATCH:

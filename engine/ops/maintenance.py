@@ -108,6 +108,27 @@ def _refs(txn: Txn, report: VerifyReport) -> tuple[dict[bytes, list[str]], dict[
     return refs, live
 
 
+def verify_isolated(
+    store: Store, *, progress: Progress | None = None, fix: bool = False, isolate: bool = False
+) -> VerifyReport:
+    """:func:`verify`, after (with ``isolate``, for an on-disk store) reading
+    every record of the ledger in a child process first, stopping there if
+    that kills it."""
+    if isolate and store.path is not None:
+        from engine.ops.salvage import walk_ledger
+
+        problems = walk_ledger(store.path / "ledger" / "data.mdb")
+        if problems:
+            return VerifyReport(
+                problems=[
+                    *problems,
+                    "the ledger was not checked further in this process (reading it would "
+                    "kill it); `artledger recover` rebuilds the ledger",
+                ]
+            )
+    return verify(store, progress=progress, fix=fix)
+
+
 def verify(store: Store, *, progress: Progress | None = None, fix: bool = False) -> VerifyReport:
     """Every check, stage by stage: a stage that meets damage it cannot read
     past (a damaged page of the ledger, a record that does not decode) is a

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,8 +82,41 @@ __all__ = [
     "StreamFiles",
     "copy_history",
     "export_stream",
+    "import_into",
     "import_stream",
 ]
+
+
+def import_into(
+    store_cls: type[Store],
+    path: str | os.PathLike[str],
+    root: Path,
+    *,
+    trust_pickles: bool = False,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """``Store.import_`` into the store at ``root``, created when missing. When
+    the import is refused, a store it created is removed again: a refused
+    import leaves nothing behind."""
+    missing = not root.exists()
+    top = root  # the outermost directory this import would create
+    while missing and top.parent != top and not top.parent.exists():
+        top = top.parent
+    empty = not missing and root.is_dir() and not any(root.iterdir())
+    try:
+        with store_cls.open(root) as store:
+            store.ledger.check_writable("import")
+            return import_stream(store, path, trust_pickles=trust_pickles, progress=progress)
+    except BaseException:
+        if missing:
+            shutil.rmtree(top, ignore_errors=True)
+        elif empty:
+            for child in root.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise
 
 
 def copy_history(

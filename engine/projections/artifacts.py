@@ -23,6 +23,7 @@ from __future__ import annotations
 from engine.events import (
     ARTIFACT_DELETED,
     ARTIFACT_TAGGED,
+    ARTIFACT_TRUSTED,
     ARTIFACT_UNTAGGED,
     ARTIFACT_WRITTEN,
     GC_COMPLETED,
@@ -86,6 +87,21 @@ def _metadata_logged(txn: Txn, e: Event) -> None:
         return
     rec["user_metadata"].update(e.data["metadata"])
     put_record(txn, "artifacts", aid, rec)
+
+
+@handles(ARTIFACT_TRUSTED)
+def _artifact_trusted(txn: Txn, e: Event) -> None:
+    """An imported version vouched for here: its pickles signed again with this
+    store's secret (the new ``state``). A trust event that came in with an
+    import (``foreign``) was made under another store's secret: it trusts nothing."""
+    if e.data.get("foreign"):
+        return
+    rec = get_record(txn, "artifacts", e.data["id"])
+    if rec is None:
+        return
+    rec["state"] = e.data["state"]
+    rec.pop("untrusted", None)
+    put_record(txn, "artifacts", rec["id"], rec)
 
 
 @handles(ARTIFACT_DELETED)

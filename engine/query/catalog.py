@@ -112,12 +112,22 @@ class Catalog:
             raise ArtifactNotFoundError(f"no artifact version with id {artifact_id!r}")
         return ArtifactVersion(self, rec)
 
-    def get_artifact(self, name: str, version: int | str | None = None) -> ArtifactVersion:
-        """The version asked for, or the newest created (not deleted) when None."""
+    def get_artifact(
+        self, name: str, version: int | str | None = None, *, tag: str | None = None
+    ) -> ArtifactVersion:
+        """The version asked for, or the newest created (not deleted) when None
+        or ``"latest"`` (unless a version is labelled ``"latest"``); with ``tag``,
+        the newest live version carrying that tag."""
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError(f"artifact name must be a non-empty string, not {name!r}")
+        if tag is not None:
+            if version is not None:
+                raise InvalidArgumentError("give a version or a tag, not both")
+            return self._tagged(name, tag)
         version = normalise_version(version)
         with self._read() as txn:
+            if version == "latest" and txn.get("versions", version_key(name, version)) is None:
+                version = None
             if version is None:
                 for _, aid in txn.scan("names", prefix=name.encode() + b"\x00", reverse=True):
                     rec = self._artifact_rec(txn, aid.decode())
@@ -140,6 +150,21 @@ class Catalog:
                 f"artifact {name}:{version} was deleted (event {rec['deleted']})"
             )
         return ArtifactVersion(self, rec)
+
+    def _tagged(self, name: str, tag: str) -> ArtifactVersion:
+        if not isinstance(tag, str) or not tag:
+            raise InvalidArgumentError(f"tag must be a non-empty string, not {tag!r}")
+        found = self.list_artifacts(name, tag)
+        if found:
+            return found[-1]
+        with self._read() as txn:
+            if not self._versions_of(txn, name):
+                raise ArtifactNotFoundError(self._missing_name(txn, name))
+        tags = sorted({t for a in self.list_artifacts(name) for t in a.tags})
+        raise ArtifactNotFoundError(
+            f"no live version of artifact {name!r} is tagged {tag!r}; its tags: "
+            + (", ".join(repr(t) for t in tags) or "none")
+        )
 
     def _versions_of(self, txn: Txn, name: str) -> list[Any]:
         out = []
@@ -357,6 +382,29 @@ class Catalog:
         if isinstance(art, str):
             art = self.get_artifact_by_id(art)
         return build_lineage(self, art, direction, depth)
+
+    def complete_id(self, kind: str, prefix: str) -> str:
+        """The one id of a ``kind`` ("run", "step run", "artifact") starting
+        with ``prefix`` (as git takes a commit); an exact id is taken as it is."""
+        db = {"run": "runs", "step run": "steps", "artifact": "artifacts"}[kind]
+        error = ArtifactNotFoundError if kind == "artifact" else RunNotFoundError
+        if not prefix:
+            raise error(f"no {kind} id given")
+        with self._read() as txn:
+            if txn.get(db, prefix.encode()) is not None:
+                return prefix
+            found = [
+                k.decode() for k, _ in itertools.islice(txn.scan(db, prefix=prefix.encode()), 6)
+            ]
+        if not found:
+            raise error(f"no {kind} with id {prefix!r}, nor one whose id starts with it")
+        if len(found) > 1:
+            more = ", ...)" if len(found) > 5 else ")"
+            raise InvalidArgumentError(
+                f"{kind} id prefix {prefix!r} is ambiguous ({', '.join(found[:5])}{more}; "
+                "give more of it"
+            )
+        return found[0]
 
     # -- stats -----------------------------------------------------------------
     def stats(self) -> dict[str, int]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from engine.errors import InvalidArgumentError
+from engine.errors import InvalidArgumentError, ReadOnlyStoreError
 from engine.projections import STORE_DATABASES, fold
 from engine.query.catalog import Catalog
 from engine.storage.kv import MemoryKV
@@ -94,3 +94,48 @@ class HistoricalView(Catalog):
 
     def __repr__(self) -> str:
         return f"<HistoricalView of {self.store!r} as of event {self.seq}>"
+
+    def load_artifact(
+        self, name: str, version: int | str | None = None, *, tag: str | None = None
+    ) -> Any:
+        """The object ``name`` held then: the latest version then, ``version``,
+        or the newest version tagged ``tag`` then (bytes ``gc`` collected since
+        cannot be loaded)."""
+        return self.get_artifact(name, version, tag=tag).load()
+
+    # -- writes: a view of the past is read-only ---------------------------------
+    def _read_only(self, what: str) -> NoReturn:
+        raise ReadOnlyStoreError(
+            f"{what}() writes, and {self!r} is a read-only view of the past; "
+            f"call it on the store itself (view.store.{what}(...))"
+        )
+
+    def save_artifact(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._read_only("save_artifact")
+
+    def tag(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._read_only("tag")
+
+    def untag(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._read_only("untag")
+
+    def log_metadata(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._read_only("log_metadata")
+
+    def delete_artifact(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._read_only("delete_artifact")
+
+    def delete_run(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._read_only("delete_run")
+
+    def trust(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._read_only("trust")
+
+    def run(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._read_only("run")
+
+    def gc(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._read_only("gc")
+
+    def rebuild(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._read_only("rebuild")

@@ -48,6 +48,10 @@ class ArtifactVersion:
     seq = property(lambda self: int(self._rec["seq"]), doc="Sequence number of its event.")
     deleted = property(lambda self: self._rec["deleted"] is not None)
     run_id = property(lambda self: self._rec.get("run"))
+    trusted = property(
+        lambda self: not self._rec.get("untrusted"),
+        doc="False for an imported version nobody vouched for (``store.trust``).",
+    )
     created = property(lambda self: _time(self._rec["ts"]))
 
     @property
@@ -56,11 +60,18 @@ class ArtifactVersion:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """Extracted metadata, the store's own (size, content hash, materializer)
-        and user metadata (``save_artifact(metadata=)``, ``store.log_metadata``)."""
-        meta = dict(self._rec.get("metadata") or {})
-        meta.update(self._rec.get("user_metadata") or {})
+        """User metadata (``save_artifact(metadata=)``, ``store.log_metadata``),
+        then the materializer's extracted metadata and the store's own (size,
+        content hash, materializer), which win a clash: a user key never hides
+        the engine's (:attr:`user_metadata` keeps what the user gave)."""
+        meta = dict(self._rec.get("user_metadata") or {})
+        meta.update(self._rec.get("metadata") or {})
         return meta
+
+    @property
+    def user_metadata(self) -> dict[str, Any]:
+        """Only the metadata users attached, as they attached it."""
+        return dict(self._rec.get("user_metadata") or {})
 
     @property
     def files(self) -> list[str]:
