@@ -77,8 +77,10 @@ def prepare(
     producer: str | None = None,
     run: str | None = None,
     session: WriteSession | None = None,
+    artifact_type: str | None = None,
 ) -> Prepared:
-    """Materialize ``obj`` into chunks (durable after the next commit)."""
+    """Materialize ``obj`` into chunks (durable after the next commit); ``artifact_type``
+    replaces the materializer's ``ASSOCIATED_ARTIFACT_TYPE``."""
     from materializers import registry
 
     ledger.check_writable(f"save artifact {name!r}")
@@ -145,7 +147,7 @@ def prepare(
         "data_type": registry.topic_of(type(obj)),
         "materializer": ident,
         "materializer_version": int(getattr(cls, "VERSION", 1)),
-        "artifact_type": str(getattr(cls, "ASSOCIATED_ARTIFACT_TYPE", "data")),
+        "artifact_type": artifact_type or str(getattr(cls, "ASSOCIATED_ARTIFACT_TYPE", "data")),
         "files": [f.to_record() for f in entries],
         "visualizations": vis,
         "state": plain(files.state, where="materializer state"),
