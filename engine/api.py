@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -19,10 +20,15 @@ _default_lock = threading.Lock()
 
 
 def active_store() -> Store:
-    """The store set by :func:`use_store`, else the default store (opened on first use)."""
+    """The store set by :func:`use_store`, else the store of the pipeline step
+    running in this thread, else the default store (opened on first use)."""
     stack: list[Store] = getattr(_local, "stack", [])
     if stack:
         return stack[-1]
+    context = sys.modules.get("engine.pipelines.context")  # not imported: no step runs
+    running: Store | None = None if context is None else context.running_store()
+    if running is not None:
+        return running
     global _default
     with _default_lock:
         if _default is None or _default.ledger.closed:

@@ -421,3 +421,10 @@ def test_the_recorded_materializer_is_the_one_that_saved_the_bytes(store: Store)
         assert sr.components is not None
         assert sr.components["outputs"] == {"output": "auto"}
         assert sr.components["materializers"] == {"output": f"{ident}@1"}
+
+
+def test_inside_a_step_the_active_store_is_the_run_s(store: Store) -> None:
+    v1 = engine.save_artifact([5], "data", store=store)
+    run = store.run(loading)  # no use_store: load_artifact inside reads the run's store
+    assert run.steps["loads_inside"].output.load() == 5
+    assert run.steps["loads_inside"].inputs == {"data": v1}

@@ -135,6 +135,12 @@ def get_step_context() -> StepContext:
     return ctx
 
 
+def running_store() -> Store | None:
+    """The store of the step running in this thread, if one is."""
+    ctx = _current.get()
+    return None if ctx is None else ctx.store
+
+
 @contextlib.contextmanager
 def running(ctx: StepContext) -> Iterator[StepContext]:
     """Make ``ctx`` the current step context inside the block."""
