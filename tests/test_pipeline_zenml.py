@@ -428,3 +428,38 @@ def test_inside_a_step_the_active_store_is_the_run_s(store: Store) -> None:
     run = store.run(loading)  # no use_store: load_artifact inside reads the run's store
     assert run.steps["loads_inside"].output.load() == 5
     assert run.steps["loads_inside"].inputs == {"data": v1}
+
+
+class Flaky:
+    pass
+
+
+def test_a_failed_metadata_extraction_warns_at_the_step(store: Store) -> None:
+    @step
+    def flaky() -> Flaky:
+        return Flaky()
+
+    @pipeline
+    def p() -> None:
+        flaky()
+
+    with temporary_registrations():
+
+        class FlakyMaterializer(BaseMaterializer):
+            ASSOCIATED_TYPES = (Flaky,)
+
+            def save(self, data: Flaky) -> None:
+                with self.open("f.txt", "w") as f:
+                    f.write("")
+
+            def load(self, data_type: type) -> Flaky:
+                return Flaky()
+
+            def extract_metadata(self, data: Flaky) -> dict[str, Any]:
+                raise RuntimeError("no stats")
+
+        with pytest.warns(UserWarning, match="extract_metadata failed") as caught:
+            store.run(p)
+        assert caught[0].filename == __file__
+        assert caught[0].lineno == flaky.func.__code__.co_firstlineno
+        assert "step flaky:" in str(caught[0].message)

@@ -78,9 +78,12 @@ def prepare(
     run: str | None = None,
     session: WriteSession | None = None,
     artifact_type: str | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Prepared:
     """Materialize ``obj`` into chunks (durable after the next commit); ``artifact_type``
-    replaces the materializer's ``ASSOCIATED_ARTIFACT_TYPE``."""
+    replaces the materializer's ``ASSOCIATED_ARTIFACT_TYPE``; ``warn`` gives the
+    warnings of a failed metadata extraction or visualization (default: a
+    ``UserWarning`` at the caller of ``prepare``'s caller)."""
     from materializers import registry
 
     ledger.check_writable(f"save artifact {name!r}")
@@ -126,6 +129,7 @@ def prepare(
         m.extract_metadata if meta_job is None else (lambda _: meta_job.result()),
         obj,
         f"{ident}.extract_metadata",
+        warn,
     )
     meta = plain(extracted or {}, where=f"metadata extracted by {ident}")
     meta.update({"size": size, "content_hash": chash, "materializer": ident})
@@ -133,7 +137,7 @@ def prepare(
     vfiles = WriteFiles(session, ledger.secret, secret_problem=ledger.secret_problem)
     vm = cls(vfiles)
     vm.metadata = extracted if isinstance(extracted, dict) else None
-    kinds = _safe_call(vm.save_visualizations, obj, f"{ident}.save_visualizations")
+    kinds = _safe_call(vm.save_visualizations, obj, f"{ident}.save_visualizations", warn)
     vfiles.finish()
     for vname, kind in (kinds or {}).items():
         entry = vfiles.entries.get(vname)
@@ -245,13 +249,17 @@ def _side_pool() -> ThreadPoolExecutor:
         return _side
 
 
-def _safe_call(fn: Callable[[Any], Any], obj: Any, what: str) -> Any:
+def _safe_call(
+    fn: Callable[[Any], Any], obj: Any, what: str, warn: Callable[[str], None] | None
+) -> Any:
     try:
         return fn(obj)
     except ArtledgerError:
         raise
     except Exception as e:
-        warnings.warn(
-            f"{what} failed ({type(e).__name__}: {e}); skipped", UserWarning, stacklevel=3
-        )
+        message = f"{what} failed ({type(e).__name__}: {e}); skipped"
+        if warn is not None:
+            warn(message)
+        else:
+            warnings.warn(message, UserWarning, stacklevel=3)
         return None

@@ -103,7 +103,10 @@ def stale_load(txn: Txn, key: str, aid: str, flags: dict[str, Any]) -> str | Non
         newest = _newest(txn, name, None)
         if newest is not None and newest["content_hash"] != art["content_hash"]:
             return f"loaded artifact {key}: {was} -> {name}:{newest['version']}"
-    for tag in flags.get("tags") or ():
+    tags = flags.get("tags")
+    for tag in tags if isinstance(tags, list) else ():
+        if not isinstance(tag, str):
+            continue
         tagged = _newest(txn, name, tag)
         if tagged is None or tagged["content_hash"] != art["content_hash"]:
             now = "no version" if tagged is None else f"{name}:{tagged['version']}"
@@ -148,7 +151,9 @@ def _refusal(
 ) -> str | None:
     for key, flags in (rec.get("loaded") or {}).items():
         aid = rec["inputs"].get(key)
-        why = None if aid is None else stale_load(txn, key, aid, flags)
+        if not isinstance(aid, str) or not isinstance(flags, dict):
+            continue
+        why = stale_load(txn, key, aid, flags)
         if why is not None:
             return why
     for name in check or ():

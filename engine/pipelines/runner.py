@@ -287,7 +287,8 @@ class _Runner:
                 found = lookup_in(txn, txn, key, st.cache_expires_after, check_materializers=check)
                 if found.record is not None and found.outputs is not None:
                     src = found.record
-                    loaded = {k: src["inputs"][k] for k in src.get("loaded") or {}}
+                    was = src["inputs"]
+                    loaded = {k: was[k] for k in src.get("loaded") or {} if k in was}
                     store.ledger.defer(
                         [
                             (

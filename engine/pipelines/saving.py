@@ -54,21 +54,26 @@ def choose_materializer(st: Step, explicit: type | None, value: Any) -> type:
     cls = registry.find_for_value(value)
     if cls is not None:
         return cls
-    code = getattr(st.func, "__code__", None)
-    message = f"step {st.name}: {registry.fallback_warning(type(value))}"
-    if code is None:
-        warnings.warn(message, UserWarning, stacklevel=2)
-    else:
-        module_globals = getattr(st.func, "__globals__", {})
-        warnings.warn_explicit(
-            message,
-            UserWarning,
-            code.co_filename,
-            code.co_firstlineno,
-            module=getattr(st.func, "__module__", None),
-            registry=module_globals.setdefault("__warningregistry__", {}),
-        )
+    warn_at_step(st, registry.fallback_warning(type(value)))
     return registry.fallback()
+
+
+def warn_at_step(st: Step, message: str) -> None:
+    """A ``UserWarning`` about step ``st`` whose file and line are the step's definition."""
+    message = f"step {st.name}: {message}"
+    code = getattr(st.func, "__code__", None)
+    if code is None:
+        warnings.warn(message, UserWarning, stacklevel=3)
+        return
+    module_globals = getattr(st.func, "__globals__", {})
+    warnings.warn_explicit(
+        message,
+        UserWarning,
+        code.co_filename,
+        code.co_firstlineno,
+        module=getattr(st.func, "__module__", None),
+        registry=module_globals.setdefault("__warningregistry__", {}),
+    )
 
 
 def prepare_outputs(
@@ -99,6 +104,7 @@ def prepare_outputs(
                     producer=ctx.step_run_id,
                     run=ctx.run_id,
                     artifact_type=config.artifact_type if config else None,
+                    warn=lambda message: warn_at_step(st, message),
                 )
             )
     except BaseException:

@@ -171,7 +171,7 @@ def _step_ended(txn: Txn, e: Event) -> None:
     if rec is None:
         return
     rec["ended_ts"] = e.ts
-    if d.get("metadata"):
+    if isinstance(d.get("metadata"), dict) and d["metadata"]:
         rec["metadata"] = d["metadata"]
     if e.type == STEP_FAILED:
         rec["status"] = "failed"
@@ -180,9 +180,9 @@ def _step_ended(txn: Txn, e: Event) -> None:
         rec["status"] = "completed"
         rec["inputs"] = d.get("inputs", {})
         rec["outputs"] = d.get("outputs", {})
-        if d.get("loaded"):
+        if isinstance(d.get("loaded"), dict) and d["loaded"]:
             rec["loaded"] = d["loaded"]
-        if d.get("materializers"):
+        if isinstance(d.get("materializers"), dict) and d["materializers"]:
             components = get_record(txn, "step_components", d["id"])
             if components is not None:
                 components["materializers"] = d["materializers"]
