@@ -463,3 +463,72 @@ def test_a_failed_metadata_extraction_warns_at_the_step(store: Store) -> None:
         assert caught[0].filename == __file__
         assert caught[0].lineno == flaky.func.__code__.co_firstlineno
         assert "step flaky:" in str(caught[0].message)
+
+
+# --------------------------------------------------------------------------- the port
+
+
+def test_a_ported_zenml_training_pipeline(store: Store) -> None:
+    """The five-step port: pandas preprocessing, a named tuple split, a scikit-learn
+    model annotated with a mixin nothing is registered for, metrics in the context."""
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("skops")
+    from sklearn.base import ClassifierMixin
+    from sklearn.linear_model import LogisticRegression
+
+    @step
+    def preprocess(raw: pd.DataFrame) -> pd.DataFrame:
+        return raw.assign(y=(raw["x"] > raw["x"].median()).astype(int))
+
+    @step
+    def split(
+        df: pd.DataFrame,
+    ) -> tuple[Annotated[pd.DataFrame, "train_set"], Annotated[pd.DataFrame, "test_set"]]:
+        return df.iloc[::2], df.iloc[1::2]
+
+    @step
+    def fit(
+        train_set: pd.DataFrame,
+    ) -> Annotated[
+        ClassifierMixin, ArtifactConfig(name="clf", tags=["candidate"], artifact_type="model")
+    ]:
+        return LogisticRegression().fit(train_set[["x"]], train_set["y"])
+
+    @step
+    def evaluate(clf: ClassifierMixin, test_set: pd.DataFrame) -> float:
+        accuracy = float(clf.score(test_set[["x"]], test_set["y"]))
+        engine.get_step_context().log_metadata({"accuracy": accuracy})
+        return accuracy
+
+    @step
+    def wrong(df: pd.DataFrame) -> pd.DataFrame:
+        return df.to_dict()  # type: ignore[no-any-return]
+
+    @pipeline
+    def training(raw: Any) -> None:
+        train_set, test_set = split(preprocess(raw=raw))
+        evaluate(fit(train_set), test_set)
+
+    @pipeline
+    def broken(raw: Any) -> None:
+        wrong(raw)
+
+    raw = engine.save_artifact(pd.DataFrame({"x": range(40)}), "raw", store=store)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing falls back to cloudpickle
+        run = store.run(training, raw=raw)
+    fit_run = run.steps["fit"]
+    clf = fit_run.outputs["clf"]
+    assert clf.materializer == "materializers.sklearn:SklearnMaterializer"
+    assert fit_run.components is not None
+    assert fit_run.components["outputs"] == {"clf": "auto"}
+    assert fit_run.components["materializers"]["clf"].startswith(clf.materializer + "@")
+    assert (clf.artifact_type, clf.tags) == ("model", ["candidate"])
+    assert len(engine.load_artifact("train_set", store=store)) == 20
+    assert run.steps["evaluate"].metadata["accuracy"] == run.steps["evaluate"].output.load()
+    assert raw.id in _upstream_ids(store, run.steps["evaluate"].output)
+    assert {s.status for s in store.run(training, raw=raw).steps.values()} == {"cached"}
+    with pytest.raises(
+        PipelineError, match=r"'output' is annotated pandas\.DataFrame but the step returned dict"
+    ):
+        store.run(broken, raw=raw)

@@ -206,7 +206,7 @@ class Step:
         import inspect
 
         self.signature = inspect.signature(func)
-        self.outputs = output_spec(func)
+        self.outputs = output_spec(func, _defining_locals())
         self.output_materializers = self._check_materializers(output_materializers)
         functools.update_wrapper(self, func)
 
@@ -279,6 +279,19 @@ class Step:
 
     def __repr__(self) -> str:
         return f"<Step {self.name}>"
+
+
+def _defining_locals() -> dict[str, Any] | None:
+    """The local names of the scope a step is defined in (a function's, for a step
+    defined inside one), so ``from __future__ import annotations`` strings resolve."""
+    import sys
+
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None or frame.f_locals is frame.f_globals:
+        return None
+    return dict(frame.f_locals)
 
 
 def _reject_nested_handles(step: str, pname: str, value: Any, depth: int = 0) -> None:

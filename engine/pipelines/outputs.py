@@ -120,10 +120,11 @@ def _output(tp: Any, default: str) -> _Output:
     return _Output(name or art or default, base, art, config)
 
 
-def output_spec(func: Callable[..., Any]) -> OutputSpec:
-    """Outputs from the return annotation (see the module docstring)."""
+def output_spec(func: Callable[..., Any], localns: Mapping[str, Any] | None = None) -> OutputSpec:
+    """Outputs from the return annotation (see the module docstring); ``localns``
+    resolves string annotations naming locals of the scope the step is defined in."""
     try:
-        hints = typing.get_type_hints(func, include_extras=True)
+        hints = typing.get_type_hints(func, localns=dict(localns or {}), include_extras=True)
     except Exception:  # unresolvable forward references: fall back to the raw annotation
         hints = dict(getattr(func, "__annotations__", {}))
     if "return" not in hints:
