@@ -160,6 +160,7 @@ def test_step_context_names_the_step_and_records_metadata_and_tags(store: Store)
     def train(n: int = 3) -> Annotated[np.ndarray, "model"]:
         ctx = engine.get_step_context()
         seen.update(step=ctx.step_name, inv=ctx.invocation, run=ctx.run_id, pipe=ctx.pipeline_name)
+        assert ctx.pipeline is training and ctx.output_names == ("model",)
         ctx.log_metadata({"epochs": n, "loss": np.float32(0.5)})
         ctx.log_metadata({"accuracy": 0.9}, infer_artifact=True)
         ctx.add_tags(["candidate"])

@@ -27,6 +27,7 @@ from engine.ledger.artifacts import check_tags, plain
 from engine.query import models
 
 if TYPE_CHECKING:
+    from engine.pipelines.definition import Pipeline
     from engine.store import Store
 
 __all__ = ["StepContext", "get_step_context"]
@@ -35,13 +36,17 @@ _current: ContextVar[StepContext | None] = ContextVar("artledger_step", default=
 
 
 class StepContext:
-    """The running step, as seen from inside its function (``engine.get_step_context()``)."""
+    """The running step, as seen from inside its function (``engine.get_step_context()``):
+    ``step_name``, ``invocation``, ``step_run_id``, ``run_id``, ``pipeline`` (the
+    ``@pipeline``), ``pipeline_name``, ``output_names``, ``store``. The run's own
+    events are committed with the step's outputs or at the end of the run: while
+    the step runs, ``store.get_run(run_id)`` may not find the run yet."""
 
     def __init__(
         self,
         store: Store,
         *,
-        pipeline_name: str,
+        pipeline: Pipeline,
         run_id: str,
         step_name: str,
         invocation: str,
@@ -50,7 +55,8 @@ class StepContext:
         inputs: Mapping[str, str] | None = None,
     ) -> None:
         self.store = store
-        self.pipeline_name = pipeline_name
+        self.pipeline = pipeline
+        self.pipeline_name = pipeline.name
         self.run_id = run_id
         self.step_name = step_name
         self.invocation = invocation

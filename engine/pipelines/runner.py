@@ -329,7 +329,7 @@ class _Runner:
         p.step_run_id = sid
         p.context = StepContext(
             store,
-            pipeline_name=self.pipeline,
+            pipeline=self.dag.pipeline,
             run_id=self.run_id,
             step_name=st.name,
             invocation=inv.id,
