@@ -52,6 +52,7 @@ def test_external_artifact_is_an_input_and_a_new_version_reruns(store: Store) ->
     pinned = store.run(summing, data=engine.external("data", version=1)).steps["total"]
     assert pinned.status == "cached" and pinned.output.load() == 3
     assert store.run(summing, data=v2).steps["total"].output.load() == 4950
+    assert store.run(summing, data=engine.external(v1)).steps["total"].output.load() == 3
 
 
 def test_an_artifact_version_passed_to_a_step_inside_the_pipeline(store: Store) -> None:

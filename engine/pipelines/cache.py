@@ -138,7 +138,10 @@ def materializer_change(art: dict[str, Any]) -> str | None:
     data_type = _known_type(str(art["data_type"]))
     if data_type is None:
         return None
-    cls = registry.find(data_type)
+    try:
+        cls = registry.find(data_type)
+    except Exception:  # a broken can_handle_type: the save will say so if the step runs
+        return None
     if cls is None:  # falls back, or chosen by value (a state dict): nothing better now
         return None
     old = f"{art['materializer']}@{art['materializer_version']}"

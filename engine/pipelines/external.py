@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import ArtifactNotFoundError, InvalidArgumentError, PipelineError
 
 if TYPE_CHECKING:
+    from engine.query.models import ArtifactVersion
     from engine.store import Store
 
 __all__ = ["ExternalArtifact", "as_external", "external"]
@@ -72,10 +73,16 @@ class ExternalArtifact:
         return f"external({self.name!r}{version})"
 
 
-def external(name: str, version: int | str | None = None) -> ExternalArtifact:
+def external(name: str | ArtifactVersion, version: int | str | None = None) -> ExternalArtifact:
     """A stored artifact as a step input: ``train(data=engine.external("data"))``
-    (the newest version when the run starts, unless ``version`` is given)."""
-    return ExternalArtifact(name, version)
+    (the newest version when the run starts, unless ``version`` is given), or
+    ``engine.external(artifact_version)``."""
+    ext = as_external(name)
+    if ext is not None:
+        if version is not None:
+            raise InvalidArgumentError("external(artifact_version) takes no version")
+        return ext
+    return ExternalArtifact(name, version)  # type: ignore[arg-type]
 
 
 def as_external(value: Any) -> ExternalArtifact | None:
