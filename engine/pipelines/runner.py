@@ -6,11 +6,14 @@ Order of work for ``store.run(pipeline, **params)``:
    ``enable_cache`` (run > step > pipeline > on), fingerprint the step code
    and encode the parameters. An unencodable parameter raises
    :class:`~engine.errors.UnhashableParameterError` here, before anything is
-   recorded (unless caching is off for that step).
+   recorded (unless caching is off for that step). Stored artifacts passed to
+   steps (``engine.external``, ``ArtifactVersion``) are resolved here too.
 2. Run the invocations in traced (topological) order. Each one is a cache
    hit (``step.cached``, pointing at the reused artifact versions; no bytes
-   move) or runs: ``step.started``, the function, then its outputs and
-   ``step.completed`` in **one** durable commit.
+   move) or runs: ``step.started``, the function (with its
+   :class:`~engine.pipelines.context.StepContext` current), then its outputs
+   (:mod:`engine.pipelines.saving`) and ``step.completed`` in **one** durable
+   commit.
 3. ``run.completed`` commits durably. ``run.started``, ``step.started`` and
    ``step.cached`` are deferred: they ride along with the next durable
    commit, so a fully cached run costs one commit.
