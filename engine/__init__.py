@@ -34,12 +34,15 @@ from engine.errors import (
     UntrustedArtifactError,
 )
 from engine.pipelines.definition import pipeline, step
+from engine.pipelines.external import ExternalArtifact, external
+from engine.pipelines.outputs import ArtifactConfig
 
 if TYPE_CHECKING:
     from engine.api import active_store, load_artifact, save_artifact, use_store
     from engine.ops.maintenance import GcReport, VerifyReport
     from engine.ops.recover import RecoverReport
     from engine.ops.transfer import ExportReport, ImportReport
+    from engine.pipelines.context import StepContext, get_step_context
     from engine.query.history import HistoricalView
     from engine.query.lineage import LineageGraph
     from engine.query.models import ArtifactVersion, Run, StepRun
@@ -66,9 +69,12 @@ _LAZY = {
     "load_artifact": "engine.api",
     "use_store": "engine.api",
     "active_store": "engine.api",
+    "get_step_context": "engine.pipelines.context",
+    "StepContext": "engine.pipelines.context",
 }
 
 __all__ = [
+    "ArtifactConfig",
     "ArtifactNotFoundError",
     "ArtifactVersion",
     "ArtledgerError",
@@ -76,6 +82,7 @@ __all__ = [
     "ConcurrentGcError",
     "Event",
     "ExportReport",
+    "ExternalArtifact",
     "GcReport",
     "HistoricalView",
     "ImportReport",
@@ -93,6 +100,7 @@ __all__ = [
     "Run",
     "RunNotFoundError",
     "SharedStoreUnavailableError",
+    "StepContext",
     "StepRun",
     "Store",
     "StoreError",
@@ -102,6 +110,8 @@ __all__ = [
     "UntrustedArtifactError",
     "VerifyReport",
     "active_store",
+    "external",
+    "get_step_context",
     "load_artifact",
     "pipeline",
     "register_upcaster",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -18,13 +19,18 @@ _default_lock = threading.Lock()
 
 
 def active_store() -> Store:
-    """The store set by :func:`use_store` (unless closed since), else the default
-    store (opened on first use)."""
+    """The store set by :func:`use_store` (unless closed since), else the store
+    of the pipeline step running in this thread, else the default store
+    (opened on first use)."""
     stack: list[Store] = getattr(_local, "stack", [])
     while stack and stack[-1].ledger.closed:  # a closed store stops being active
         stack.pop()
     if stack:
         return stack[-1]
+    context = sys.modules.get("engine.pipelines.context")  # not imported: no step runs
+    running: Store | None = None if context is None else context.running_store()
+    if running is not None:
+        return running
     global _default
     with _default_lock:
         if _default is None or _default.ledger.closed:

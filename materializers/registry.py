@@ -210,7 +210,9 @@ def materializer_for(data_type: type) -> type[BaseMaterializer]:
     return _materializer_for(data_type, stacklevel=3)
 
 
-def _materializer_for(data_type: type, stacklevel: int) -> type[BaseMaterializer]:
+def find(data_type: type) -> type[BaseMaterializer] | None:
+    """What :func:`materializer_for` returns, or None where it would fall back to
+    cloudpickle (no warning)."""
     mro = getattr(data_type, "__mro__", None)
     if mro is None:
         raise MaterializerError(f"materializer_for() takes a type, got {data_type!r}.")
@@ -228,15 +230,30 @@ def _materializer_for(data_type: type, stacklevel: int) -> type[BaseMaterializer
         data_type
     ):
         return _builtin(_DATACLASS)
+    return None
+
+
+def fallback() -> type[BaseMaterializer]:
+    """The cloudpickle materializer, used for types nothing else handles."""
+    return _builtin(_FALLBACK)
+
+
+def fallback_warning(data_type: type) -> str:
+    """The warning given when ``data_type`` falls back to cloudpickle."""
     name = data_type.__qualname__
-    warnings.warn(
+    return (
         f"No materializer for type `{name}` ({identity(data_type)}); saving it with "
         "cloudpickle, which only loads under the same Python and library versions and "
         "runs code when loaded. Register one with `@register` (a BaseMaterializer "
-        f"subclass with ASSOCIATED_TYPES = ({name},)) or pass `output_materializers=`.",
-        UserWarning,
-        stacklevel=stacklevel,
+        f"subclass with ASSOCIATED_TYPES = ({name},)) or pass `output_materializers=`."
     )
+
+
+def _materializer_for(data_type: type, stacklevel: int) -> type[BaseMaterializer]:
+    cls = find(data_type)
+    if cls is not None:
+        return cls
+    warnings.warn(fallback_warning(data_type), UserWarning, stacklevel=stacklevel)
     return _builtin(_FALLBACK)
 
 
@@ -260,13 +277,22 @@ def materializer_for_value(obj: Any) -> type[BaseMaterializer]:
     goes to the torch materializer, unless a user materializer is registered
     for ``OrderedDict``. Every other ``OrderedDict`` is left to
     :func:`materializer_for` (the cloudpickle fallback, with its warning)."""
+    cls = find_for_value(obj)
+    if cls is not None:
+        return cls
+    return _materializer_for(type(obj), stacklevel=3)
+
+
+def find_for_value(obj: Any) -> type[BaseMaterializer] | None:
+    """What :func:`materializer_for_value` returns, or None where it would fall
+    back to cloudpickle (no warning)."""
     current = _by_type.get(OrderedDict)
     if (current is None or _is_builtin(current)) and _is_state_dict(obj):
         with _lazy_lock:
             cls = _builtin(_STATE_DICT)
             _loaded.add(_STATE_DICT.partition(":")[0])
         return cls
-    return _materializer_for(type(obj), stacklevel=3)
+    return find(type(obj))
 
 
 def registered() -> dict[type, type[BaseMaterializer]]:

@@ -317,8 +317,10 @@ def test_named_and_repeated_outputs(store: Store) -> None:
         "total",
     ]
     assert set(steps["split"].outputs) == {"head", "tail"}
-    assert steps["split"].outputs["tail"].name == "p.split.tail"
-    assert steps["split_2"].outputs["tail"].name == "p.split_2.tail"
+    # named tuple elements are named artifacts, like a single Annotated output
+    assert steps["split"].outputs["tail"].name == "tail"
+    assert steps["split_2"].outputs["tail"].name == "tail"
+    assert [a.version for a in store.list_artifacts("tail")] == [1, 2]
     assert set(steps["pair"].outputs) == {"output_0", "output_1"}
     assert steps["pair"].outputs["output_1"].load() == "one"
     assert steps["summed"].output.name == "the_sum"

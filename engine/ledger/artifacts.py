@@ -77,8 +77,13 @@ def prepare(
     producer: str | None = None,
     run: str | None = None,
     session: WriteSession | None = None,
+    artifact_type: str | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Prepared:
-    """Materialize ``obj`` into chunks (durable after the next commit)."""
+    """Materialize ``obj`` into chunks (durable after the next commit); ``artifact_type``
+    replaces the materializer's ``ASSOCIATED_ARTIFACT_TYPE``; ``warn`` gives the
+    warnings of a failed metadata extraction or visualization (default: a
+    ``UserWarning`` at the caller of ``prepare``'s caller)."""
     from materializers import registry
     from materializers.base import visualization_names
 
@@ -125,6 +130,7 @@ def prepare(
         m.extract_metadata if meta_job is None else (lambda _: meta_job.result()),
         obj,
         f"{ident}.extract_metadata",
+        warn,
     )
     meta = plain(extracted or {}, where=f"metadata extracted by {ident}")
     meta.update({"size": size, "content_hash": chash, "materializer": ident})
@@ -133,7 +139,7 @@ def prepare(
     vm = cls(vfiles)
     vm.metadata = extracted if isinstance(extracted, dict) else None
     kinds = visualization_names(
-        _safe_call(vm.save_visualizations, obj, f"{ident}.save_visualizations"),
+        _safe_call(vm.save_visualizations, obj, f"{ident}.save_visualizations", warn),
         vfiles.local_dir,
     )
     vfiles.finish()
@@ -149,7 +155,7 @@ def prepare(
         "data_type": registry.topic_of(type(obj)),
         "materializer": ident,
         "materializer_version": int(getattr(cls, "VERSION", 1)),
-        "artifact_type": str(getattr(cls, "ASSOCIATED_ARTIFACT_TYPE", "data")),
+        "artifact_type": artifact_type or str(getattr(cls, "ASSOCIATED_ARTIFACT_TYPE", "data")),
         "files": [f.to_record() for f in entries],
         "visualizations": vis,
         "state": plain(files.state, where="materializer state"),
@@ -247,13 +253,17 @@ def _side_pool() -> ThreadPoolExecutor:
         return _side
 
 
-def _safe_call(fn: Callable[[Any], Any], obj: Any, what: str) -> Any:
+def _safe_call(
+    fn: Callable[[Any], Any], obj: Any, what: str, warn: Callable[[str], None] | None
+) -> Any:
     try:
         return fn(obj)
     except ArtledgerError:
         raise
     except Exception as e:
-        warnings.warn(
-            f"{what} failed ({type(e).__name__}: {e}); skipped", UserWarning, stacklevel=3
-        )
+        message = f"{what} failed ({type(e).__name__}: {e}); skipped"
+        if warn is not None:
+            warn(message)
+        else:
+            warnings.warn(message, UserWarning, stacklevel=3)
         return None

@@ -8,7 +8,16 @@ projection, newest first) such that
   collected the bytes of a version deleted and then resurrected by nobody:
   a hit never points at data that cannot be loaded),
 - it is not expired: ``cache_expires_after`` counts from the time the step
-  run completed, and ``timedelta(0)`` means always expired.
+  run completed, and ``timedelta(0)`` means always expired,
+- every artifact the step loaded while it ran (``load_artifact`` inside the
+  step) would load the same content now: a load of what was then the newest
+  version of its name needs the newest version to have the same content
+  hash, and each tag the loaded version had must still lead to that content
+  (:func:`stale_load`),
+- (runner lookups) each output whose materializer was not given explicitly
+  was saved by the materializer the registry would choose for its type now:
+  registering a materializer for a type that fell back to cloudpickle, or
+  bumping a materializer's ``VERSION``, makes the step run again.
 
 A lookup is a handful of point reads in one read snapshot: a reverse prefix
 scan of ``cache``, one ``steps`` get, one ``artifacts`` get per output and one
@@ -18,11 +27,14 @@ scan of ``cache``, one ``steps`` get, one ``artifacts`` get per output and one
 from __future__ import annotations
 
 import datetime as _dt
+import inspect
+import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from engine.projections.keys import cache_index_key
+from engine.projections.keys import cache_index_key, name_prefix, tag_prefix
 from engine.projections.records import record
 from engine.query.catalog import HasCatalog, catalog_of
 from engine.storage.kv import Txn
@@ -57,15 +69,116 @@ def _chunks_present(chunk_txn: Txn, art: dict[str, Any]) -> bool:
     return True
 
 
+def _artifact(txn: Txn, aid: str) -> dict[str, Any] | None:
+    raw = txn.get("artifacts", aid.encode())
+    return None if raw is None else record(raw, "artifacts")
+
+
+def _newest(txn: Txn, name: str, tag: str | None) -> dict[str, Any] | None:
+    """The newest live version of ``name`` (carrying ``tag``, when given)."""
+    if tag is None:
+        for _, aid in txn.scan("names", prefix=name_prefix(name), reverse=True):
+            art = _artifact(txn, aid.decode())
+            if art is not None and art["deleted"] is None:
+                return art
+        return None
+    best: dict[str, Any] | None = None
+    prefix = tag_prefix(tag)
+    for key, _ in txn.scan("tags", prefix=prefix):
+        art = _artifact(txn, key[len(prefix) :].decode())
+        live = art is not None and art["name"] == name and art["deleted"] is None
+        if live and (best is None or art["seq"] > best["seq"]):  # type: ignore[index]
+            best = art
+    return best
+
+
+def stale_load(txn: Txn, key: str, aid: str, flags: dict[str, Any]) -> str | None:
+    """Why loading what the step loaded as input ``key`` (artifact ``aid``) would
+    now give other content, or None when it would not."""
+    art = _artifact(txn, aid)
+    if art is None or art["deleted"] is not None:
+        return f"loaded artifact {key}: deleted"
+    name, was = art["name"], f"{art['name']}:{art['version']}"
+    if flags.get("latest"):
+        newest = _newest(txn, name, None)
+        if newest is not None and newest["content_hash"] != art["content_hash"]:
+            return f"loaded artifact {key}: {was} -> {name}:{newest['version']}"
+    tags = flags.get("tags")
+    for tag in tags if isinstance(tags, list) else ():
+        if not isinstance(tag, str):
+            continue
+        tagged = _newest(txn, name, tag)
+        if tagged is None or tagged["content_hash"] != art["content_hash"]:
+            now = "no version" if tagged is None else f"{name}:{tagged['version']}"
+            return f"loaded artifact {key}: tag {tag} {was} -> {now}"
+    return None
+
+
+def _known_type(topic: str) -> type | None:
+    """The class named ``topic`` if its module is imported (nothing is imported)."""
+    module, _, qualname = topic.partition(":")
+    obj: Any = sys.modules.get(module)
+    if obj is None:
+        return None
+    try:
+        for part in qualname.split("."):
+            obj = inspect.getattr_static(obj, part)
+    except AttributeError:
+        return None
+    return obj if isinstance(obj, type) else None
+
+
+def materializer_change(art: dict[str, Any]) -> str | None:
+    """``"old -> new"`` when the registry would now save ``art``'s data type with
+    another materializer (or another ``VERSION``) than the one that saved it."""
+    from materializers import registry
+
+    if art.get("untrusted"):
+        return None
+    data_type = _known_type(str(art["data_type"]))
+    if data_type is None:
+        return None
+    try:
+        cls = registry.find(data_type)
+    except Exception:  # a broken can_handle_type: the save will say so if the step runs
+        return None
+    if cls is None:  # falls back, or chosen by value (a state dict): nothing better now
+        return None
+    old = f"{art['materializer']}@{art['materializer_version']}"
+    new = f"{registry.identity(cls)}@{int(getattr(cls, 'VERSION', 1))}"
+    return None if old == new else f"{old} -> {new}"
+
+
+def _refusal(
+    txn: Txn, rec: dict[str, Any], outputs: dict[str, Any], check: Collection[str] | None
+) -> str | None:
+    for key, flags in (rec.get("loaded") or {}).items():
+        aid = rec["inputs"].get(key)
+        if not isinstance(aid, str) or not isinstance(flags, dict):
+            continue
+        why = stale_load(txn, key, aid, flags)
+        if why is not None:
+            return why
+    for name in check or ():
+        art = outputs.get(name)
+        change = None if art is None else materializer_change(art)
+        if change is not None:
+            return f"output {name}: materializer changed ({change})"
+    return None
+
+
 def lookup_in(
     txn: Txn,
     chunk_txn: Txn,
     cache_key: str,
     expires_after: _dt.timedelta | None,
     now_ns: int | None = None,
+    check_materializers: Collection[str] | None = None,
 ) -> CacheLookup:
     """Look ``cache_key`` up in ``txn`` (projections), checking chunks in ``chunk_txn``
-    (the live chunk index; the same transaction for a live store)."""
+    (the live chunk index; the same transaction for a live store), and for the
+    outputs named in ``check_materializers`` that the registry would still choose
+    the materializer that saved them."""
     reason: str | None = None
     for _, sid in txn.scan("cache", prefix=cache_index_key(cache_key, 0)[:-8], reverse=True):
         raw = txn.get("steps", sid)
@@ -91,9 +204,13 @@ def lookup_in(
                 outputs = None
                 break
             outputs[name] = art  # type: ignore[index]
-        if outputs is not None:
+        if outputs is None:
+            reason = GONE
+            continue
+        refused = _refusal(txn, rec, outputs, check_materializers)
+        if refused is None:
             return CacheLookup(rec, None, outputs)
-        reason = GONE
+        reason = reason or refused
     return CacheLookup(None, reason)
 
 

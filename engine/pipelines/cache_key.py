@@ -77,6 +77,8 @@ class KeyComponents:
     cache_version: str | None
     format_version: int = CACHE_FORMAT_VERSION
     code_root: str = ""  # recipe key of the step itself; "" means the recipe's first key
+    # output -> the materializer that saved it (known once the step ran; not in the key)
+    saved_with: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def create(
@@ -164,6 +166,7 @@ class KeyComponents:
             cache_version=cache_version,
             format_version=_field(record, "format_version", int),
             code_root=_field(record, "code_root", str),
+            saved_with=_str_map(record, "materializers") if "materializers" in record else {},
         )
 
 
@@ -275,7 +278,8 @@ def explain_difference(old: KeyComponents | None, new: KeyComponents, step_name:
         if name not in old.outputs:
             reasons.append(f"output {name}: added")
         elif old.outputs[name] != value:
-            reasons.append(f"output {name}: materializer changed ({old.outputs[name]} -> {value})")
+            before = old.saved_with.get(name, old.outputs[name])
+            reasons.append(f"output {name}: materializer changed ({before} -> {value})")
     reasons += [f"output {n}: removed" for n in old.outputs if n not in new.outputs]
     if old.cache_version != new.cache_version:
         reasons.append(f"cache_version: {old.cache_version!r} -> {new.cache_version!r}")

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import functools
 import threading
-import typing
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from engine.errors import InvalidArgumentError, PipelineError
+from engine.pipelines.external import ExternalArtifact, as_external
+from engine.pipelines.outputs import ArtifactConfig, OutputSpec, output_spec
 
 if TYPE_CHECKING:
     import datetime as _dt
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
     from engine.query.models import Run
 
 __all__ = [
+    "ArtifactConfig",
     "Dag",
+    "ExternalArtifact",
     "Invocation",
     "OutputHandle",
     "OutputSpec",
@@ -73,64 +76,6 @@ def set_active_store(fn: Callable[[], Any]) -> None:
     _active_store[0] = fn
 
 
-class OutputSpec(NamedTuple):
-    """A step's declared outputs, read from its return annotation.
-
-    ``names`` are the output keys in order; ``types`` the annotated type of
-    each (``None`` when unknown); ``multiple`` whether the function returns a
-    tuple of outputs; ``artifact_names`` the explicit artifact name of an
-    output (a single ``Annotated[T, "name"]`` return).
-    """
-
-    names: tuple[str, ...]
-    types: tuple[Any, ...]
-    multiple: bool
-    artifact_names: Mapping[str, str] = {}
-
-
-def _annotated_name(tp: Any) -> tuple[Any, str | None]:
-    """``(T, "name")`` for ``Annotated[T, "name", ...]``, else ``(tp, None)``."""
-    if typing.get_origin(tp) is typing.Annotated:
-        base, *meta = typing.get_args(tp)
-        names = [m for m in meta if isinstance(m, str)]
-        return base, (names[0] if names else None)
-    return tp, None
-
-
-def output_spec(func: Callable[..., Any]) -> OutputSpec:
-    """Outputs from the return annotation: one ``output``; ``Annotated[T, "name"]``
-    names it (and its artifact); a ``Tuple[...]`` gives one output per element,
-    named by ``Annotated`` or ``output_0``, ``output_1``, ..."""
-    try:
-        hints = typing.get_type_hints(func, include_extras=True)
-    except Exception:  # unresolvable forward references: fall back to the raw annotation
-        hints = dict(getattr(func, "__annotations__", {}))
-    if "return" not in hints:
-        return OutputSpec(("output",), (None,), multiple=False)
-    ret = hints["return"]
-    if ret is None or ret is type(None):
-        return OutputSpec((), (), multiple=False)
-    base, name = _annotated_name(ret)
-    origin = typing.get_origin(base)
-    args = typing.get_args(base)
-    if name is None and origin is tuple and args and args[-1] is not Ellipsis and args != ((),):
-        names: list[str] = []
-        types: list[Any] = []
-        for i, arg in enumerate(args):
-            t, n = _annotated_name(arg)
-            names.append(n if n is not None else f"output_{i}")
-            types.append(t)
-        if len(set(names)) != len(names):
-            raise PipelineError(
-                f"step {func.__qualname__}: output names {names} repeat; give each "
-                "Annotated[T, 'name'] a distinct name"
-            )
-        return OutputSpec(tuple(names), tuple(types), multiple=True)
-    if name is not None:
-        return OutputSpec((name,), (base,), multiple=False, artifact_names={name: name})
-    return OutputSpec(("output",), (base,), multiple=False)
-
-
 # --------------------------------------------------------------------------- handles
 
 
@@ -154,6 +99,10 @@ class OutputHandle:
         return f"<OutputHandle {self.invocation}.{self.output}>"
 
 
+Input = OutputHandle | ExternalArtifact
+"""A step input: another step's output, or a stored artifact version."""
+
+
 class StepOutputs(tuple[OutputHandle, ...]):
     """The handles of a step with several outputs: unpack it, or index by position
     or by output name (``outs["model"]``)."""
@@ -169,12 +118,12 @@ class StepOutputs(tuple[OutputHandle, ...]):
 
 class Invocation:
     """One call of a step in a traced pipeline: its id (``train``, ``train_2``),
-    the step, its parameters and its inputs (output handles)."""
+    the step, its parameters and its inputs (output handles, stored artifacts)."""
 
     __slots__ = ("id", "inputs", "parameters", "step")
 
     def __init__(
-        self, id: str, step: Step, parameters: dict[str, Any], inputs: dict[str, OutputHandle]
+        self, id: str, step: Step, parameters: dict[str, Any], inputs: dict[str, Input]
     ) -> None:
         self.id = id
         self.step = step
@@ -194,7 +143,7 @@ class Dag:
         self.invocations: dict[str, Invocation] = {}
         self._counts: dict[str, int] = {}
 
-    def add(self, step: Step, parameters: dict[str, Any], inputs: dict[str, OutputHandle]) -> str:
+    def add(self, step: Step, parameters: dict[str, Any], inputs: dict[str, Input]) -> str:
         n = self._counts.get(step.name, 0) + 1
         self._counts[step.name] = n
         inv = step.name if n == 1 else f"{step.name}_{n}"
@@ -205,7 +154,7 @@ class Dag:
         return inv
 
     def upstream(self, inv: Invocation) -> set[str]:
-        return {h.invocation for h in inv.inputs.values()}
+        return {h.invocation for h in inv.inputs.values() if isinstance(h, OutputHandle)}
 
 
 # --------------------------------------------------------------------------- step
@@ -257,7 +206,7 @@ class Step:
         import inspect
 
         self.signature = inspect.signature(func)
-        self.outputs = output_spec(func)
+        self.outputs = output_spec(func, _defining_locals())
         self.output_materializers = self._check_materializers(output_materializers)
         functools.update_wrapper(self, func)
 
@@ -297,10 +246,15 @@ class Step:
             raise PipelineError(f"step {self.name} called with the wrong arguments: {e}") from None
         bound.apply_defaults()
         parameters: dict[str, Any] = {}
-        inputs: dict[str, OutputHandle] = {}
+        inputs: dict[str, Input] = {}
         for pname, value in bound.arguments.items():
             kind = self.signature.parameters[pname].kind
-            if isinstance(value, OutputHandle):
+            ext = as_external(value)
+            if ext is not None:
+                if kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+                    raise PipelineError(f"step {self.name}: pass artifacts as named arguments")
+                inputs[pname] = ext
+            elif isinstance(value, OutputHandle):
                 if kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
                     raise PipelineError(f"step {self.name}: pass outputs as named arguments")
                 if value.dag is not dag:
@@ -327,6 +281,19 @@ class Step:
         return f"<Step {self.name}>"
 
 
+def _defining_locals() -> dict[str, Any] | None:
+    """The local names of the scope a step is defined in (a function's, for a step
+    defined inside one), so ``from __future__ import annotations`` strings resolve."""
+    import sys
+
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None or frame.f_locals is frame.f_globals:
+        return None
+    return dict(frame.f_locals)
+
+
 def _reject_nested_handles(step: str, pname: str, value: Any, depth: int = 0) -> None:
     if depth > 4:
         return
@@ -336,10 +303,10 @@ def _reject_nested_handles(step: str, pname: str, value: Any, depth: int = 0) ->
     elif isinstance(value, dict):
         items = value.values()
     for item in items:
-        if isinstance(item, OutputHandle):
+        if isinstance(item, OutputHandle) or as_external(item) is not None:
             raise PipelineError(
-                f"step {step}: argument {pname} holds an output inside a container; pass each "
-                "output as its own argument (the step receives the loaded value)"
+                f"step {step}: argument {pname} holds an output or an artifact inside a "
+                "container; pass each as its own argument (the step receives the loaded value)"
             )
         _reject_nested_handles(step, pname, item, depth + 1)
 

@@ -6,11 +6,14 @@ Order of work for ``store.run(pipeline, **params)``:
    ``enable_cache`` (run > step > pipeline > on), fingerprint the step code
    and encode the parameters. An unencodable parameter raises
    :class:`~engine.errors.UnhashableParameterError` here, before anything is
-   recorded (unless caching is off for that step).
+   recorded (unless caching is off for that step). Stored artifacts passed to
+   steps (``engine.external``, ``ArtifactVersion``) are resolved here too.
 2. Run the invocations in traced (topological) order. Each one is a cache
    hit (``step.cached``, pointing at the reused artifact versions; no bytes
-   move) or runs: ``step.started``, the function, then its outputs and
-   ``step.completed`` in **one** durable commit.
+   move) or runs: ``step.started``, the function (with its
+   :class:`~engine.pipelines.context.StepContext` current), then its outputs
+   (:mod:`engine.pipelines.saving`) and ``step.completed`` in **one** durable
+   commit.
 3. ``run.completed`` commits durably. ``run.started``, ``step.started`` and
    ``step.cached`` are deferred: they ride along with the next durable
    commit, so a fully cached run costs one commit.
@@ -46,12 +49,15 @@ from engine.events import (
     STEP_SKIPPED,
     STEP_STARTED,
 )
-from engine.ledger.artifacts import Prepared, commit_artifacts, prepare
+from engine.ledger.artifacts import commit_artifacts
 from engine.ledger.core import retry_on_concurrent_gc
 from engine.pipelines.cache import lookup_in
 from engine.pipelines.cache_key import KeyComponents
+from engine.pipelines.context import StepContext, running
 from engine.pipelines.definition import Dag, Invocation, OutputHandle, Pipeline
 from engine.pipelines.explain import CACHE_DISABLED, miss_reasons
+from engine.pipelines.external import ExternalArtifact, as_external
+from engine.pipelines.saving import choose_materializer, output_values, prepare_outputs
 from engine.query.models import ArtifactVersion
 
 if TYPE_CHECKING:
@@ -70,6 +76,7 @@ class _Plan:
     materializers: dict[str, type | None]  # explicit override per output
     artifact_names: dict[str, str]
     step_run_id: str | None = None  # set once step.started is queued
+    context: StepContext | None = None  # set when the step function is called
 
 
 def _known_type(tp: Any) -> type | None:
@@ -82,6 +89,10 @@ def _known_type(tp: Any) -> type | None:
 
 
 def _output_identity(cls: type | None, tp: Any) -> str:
+    """The key's materializer identity of an output: the explicit class, else the one
+    registered for the annotated type, else ``auto`` (the registry decides from the
+    returned value; a type that would fall back to cloudpickle is ``auto`` too, and
+    nothing is warned before a value exists)."""
     from materializers import registry
 
     if cls is None:
@@ -89,9 +100,18 @@ def _output_identity(cls: type | None, tp: Any) -> str:
         if known is None:
             return AUTO_MATERIALIZER
         try:
-            cls = registry.materializer_for(known)
+            cls = registry.find(known)
         except MaterializerError:
+            cls = None
+        if cls is None:
             return AUTO_MATERIALIZER
+    return identity_of(cls)
+
+
+def identity_of(cls: type) -> str:
+    """``"module:QualName@VERSION"`` of a materializer class."""
+    from materializers import registry
+
     return f"{registry.identity(cls)}@{int(getattr(cls, 'VERSION', 1))}"
 
 
@@ -137,6 +157,9 @@ def plan(dag: Dag, enable_cache: bool | None) -> list[_Plan]:
 def _display(value: Any) -> Any:
     from engine.ledger.artifacts import plain
 
+    ext = as_external(value)
+    if ext is not None:
+        return repr(ext)
     try:
         return plain(value, where="parameter")
     except InvalidArgumentError:
@@ -154,6 +177,15 @@ class _Runner:
         self.store = store
         self.dag = dag
         self.plans = plans
+        # invocation -> input name -> record of a stored artifact passed in (resolved now)
+        self.externals: dict[str, dict[str, dict[str, Any]]] = {
+            inv.id: {
+                n: h.resolve(store)
+                for n, h in inv.inputs.items()
+                if not isinstance(h, OutputHandle)
+            }
+            for inv in dag.invocations.values()
+        }
         self.run_id = secrets.token_hex(8)
         self.pipeline = dag.pipeline.name
         # invocation -> output name -> artifact record
@@ -190,9 +222,10 @@ class _Runner:
     def fail(self, p: _Plan, index: int, exc: BaseException) -> None:
         records: list[tuple[str, dict[str, Any]]] = []
         if p.step_run_id is not None:
-            records.append(
-                (STEP_FAILED, {"id": p.step_run_id, "run": self.run_id, "error": _error(exc)})
-            )
+            failed: dict[str, Any] = {"id": p.step_run_id, "run": self.run_id, "error": _error(exc)}
+            if p.context is not None and p.context.step_metadata:
+                failed["metadata"] = p.context.step_metadata
+            records.append((STEP_FAILED, failed))
             later_plans = self.plans[index + 1 :]
         else:  # failed before it started (e.g. the store could not be read)
             later_plans = self.plans[index:]
@@ -219,9 +252,19 @@ class _Runner:
         records.append((RUN_FAILED, {"id": self.run_id, "error": _error(exc)}))
         self.store.ledger.commit(lambda txn: records)
 
+    def inputs_of(self, inv: Invocation) -> dict[str, dict[str, Any]]:
+        """Input name -> artifact record: other steps' outputs and stored artifacts."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, h in inv.inputs.items():
+            if isinstance(h, OutputHandle):
+                out[name] = self.results[h.invocation][h.output]
+            else:
+                out[name] = self.externals[inv.id][name]
+        return out
+
     def step(self, p: _Plan) -> None:
         inv, st = p.inv, p.inv.step
-        inputs = {name: self.results[h.invocation][h.output] for name, h in inv.inputs.items()}
+        inputs = self.inputs_of(inv)
         components = key = None
         if p.base is not None:
             components = dataclasses.replace(
@@ -243,8 +286,12 @@ class _Runner:
                 reasons = [CACHE_DISABLED]
             else:
                 assert components is not None and key is not None
-                found = lookup_in(txn, txn, key, st.cache_expires_after)
+                check = [o for o, cls in p.materializers.items() if cls is None]
+                found = lookup_in(txn, txn, key, st.cache_expires_after, check_materializers=check)
                 if found.record is not None and found.outputs is not None:
+                    src = found.record
+                    was = src["inputs"]
+                    loaded = {k: was[k] for k in src.get("loaded") or {} if k in was}
                     store.ledger.defer(
                         [
                             (
@@ -252,8 +299,8 @@ class _Runner:
                                 {
                                     **common,
                                     "cache_miss_reason": None,
-                                    "source": found.record["id"],
-                                    "inputs": {n: a["id"] for n, a in inputs.items()},
+                                    "source": src["id"],
+                                    "inputs": {**{n: a["id"] for n, a in inputs.items()}, **loaded},
                                     "outputs": {n: a["id"] for n, a in found.outputs.items()},
                                 },
                             )
@@ -283,10 +330,20 @@ class _Runner:
             ]
         )
         p.step_run_id = sid
-        result = self.call(inv, inputs)
-        self.results[inv.id] = self.save(p, sid, inputs, result)
+        p.context = StepContext(
+            store,
+            pipeline=self.dag.pipeline,
+            run_id=self.run_id,
+            step_name=st.name,
+            invocation=inv.id,
+            step_run_id=sid,
+            output_names=st.outputs.names,
+            inputs={n: a["id"] for n, a in inputs.items()},
+        )
+        result = self.call(inv, inputs, p.context)
+        self.results[inv.id] = self.save(p, p.context, inputs, result)
 
-    def call(self, inv: Invocation, inputs: dict[str, dict[str, Any]]) -> Any:
+    def call(self, inv: Invocation, inputs: dict[str, dict[str, Any]], ctx: StepContext) -> Any:
         st = inv.step
         arguments: dict[str, Any] = {}
         loaded = {n: ArtifactVersion(self.store.catalog, a).load() for n, a in inputs.items()}
@@ -301,58 +358,43 @@ class _Runner:
             elif pname in inv.parameters:
                 arguments[pname] = inv.parameters[pname]
         bound = inspect.BoundArguments(st.signature, arguments)
-        return st.func(*bound.args, **bound.kwargs)
+        with running(ctx):
+            return st.func(*bound.args, **bound.kwargs)
 
     def save(
-        self, p: _Plan, sid: str, inputs: dict[str, dict[str, Any]], result: Any
+        self, p: _Plan, ctx: StepContext, inputs: dict[str, dict[str, Any]], result: Any
     ) -> dict[str, dict[str, Any]]:
         st = p.inv.step
         names = st.outputs.names
-        if not names:
-            values: tuple[Any, ...] = ()
-        elif st.outputs.multiple:
-            if not isinstance(result, (tuple, list)) or len(result) != len(names):
-                got = len(result) if isinstance(result, (tuple, list)) else type(result).__name__
-                raise PipelineError(
-                    f"step {st.name} declares {len(names)} outputs ({', '.join(names)}) but "
-                    f"returned {got}; return a tuple with one value per output"
-                )
-            values = tuple(result)
-        else:
-            values = (result,)
+        values = output_values(st, result)
+        classes = [
+            choose_materializer(st, p.materializers[n], v)
+            for n, v in zip(names, values, strict=True)
+        ]
         ledger = self.store.ledger
+        sid = ctx.step_run_id
 
         def write() -> list[dict[str, Any]]:
-            prepared: list[Prepared] = []
-            try:
-                for name, value in zip(names, values, strict=True):
-                    prepared.append(
-                        prepare(
-                            ledger,
-                            value,
-                            p.artifact_names[name],
-                            materializer=p.materializers[name],
-                            producer=sid,
-                            run=self.run_id,
-                        )
-                    )
-            except BaseException:
-                for q in prepared:
-                    q.session.release()
-                raise
+            prepared = prepare_outputs(ledger, st, values, classes, p.artifact_names, ctx)
 
             def extra(datas: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-                return [
-                    (
-                        STEP_COMPLETED,
-                        {
-                            "id": sid,
-                            "run": self.run_id,
-                            "inputs": {n: a["id"] for n, a in inputs.items()},
-                            "outputs": {n: d["id"] for n, d in zip(names, datas, strict=True)},
-                        },
-                    )
-                ]
+                data: dict[str, Any] = {
+                    "id": sid,
+                    "run": self.run_id,
+                    "inputs": {
+                        **{n: a["id"] for n, a in inputs.items()},
+                        **{k: aid for k, (aid, _) in ctx.loaded.items()},
+                    },
+                    "outputs": {n: d["id"] for n, d in zip(names, datas, strict=True)},
+                    "materializers": {
+                        n: identity_of(c) for n, c in zip(names, classes, strict=True)
+                    },
+                }
+                if ctx.loaded:
+                    data["loaded"] = {k: flags for k, (_, flags) in ctx.loaded.items()}
+                if ctx.step_metadata:
+                    data["metadata"] = ctx.step_metadata
+                return [(STEP_COMPLETED, data)]
 
             return commit_artifacts(ledger, prepared, extra=extra)
 
@@ -377,6 +419,8 @@ def run_pipeline(
     dag = pipe.trace(bound)
     for inv in dag.invocations.values():
         for h in inv.inputs.values():
+            if isinstance(h, ExternalArtifact):
+                continue
             if not isinstance(h, OutputHandle) or h.invocation not in dag.invocations:
                 raise PipelineError(f"step {inv.id}: input {h!r} is not from this pipeline")
     plans = plan(dag, enable_cache)

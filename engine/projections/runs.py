@@ -7,10 +7,14 @@ Event data (all ids are hex strings):
 - ``step.started``: id, run, pipeline, invocation, step, cache_key, components (a
   ``KeyComponents.to_record()``), cache_miss_reason (a short string),
   cache_miss_reasons (the list it was joined from)
-- ``step.completed``: id, run, inputs {name: artifact id}, outputs {name: artifact id}
+- ``step.completed``: id, run, inputs {name: artifact id}, outputs {name: artifact id};
+  optional: loaded {input name: {latest, tags}} (the inputs the step loaded itself
+  while it ran), metadata (logged on the step run), materializers {output:
+  "identity@VERSION"} (what saved each output; added to the step's components)
 - ``step.cached``: as step.started without components (they are the source's:
   same key) plus source (the reused step run), inputs, outputs
-- ``step.failed``: id, run, error;  ``step.skipped``: id, run, invocation, step, reason
+- ``step.failed``: id, run, error, optional metadata
+- ``step.skipped``: id, run, invocation, step, reason
 - ``run.deleted``: id
 
 Databases: ``runs`` (run id -> record), ``run_steps`` (run id NUL seq ->
@@ -167,6 +171,8 @@ def _step_ended(txn: Txn, e: Event) -> None:
     if rec is None:
         return
     rec["ended_ts"] = e.ts
+    if isinstance(d.get("metadata"), dict) and d["metadata"]:
+        rec["metadata"] = d["metadata"]
     if e.type == STEP_FAILED:
         rec["status"] = "failed"
         rec["error"] = d.get("error")
@@ -174,6 +180,13 @@ def _step_ended(txn: Txn, e: Event) -> None:
         rec["status"] = "completed"
         rec["inputs"] = d.get("inputs", {})
         rec["outputs"] = d.get("outputs", {})
+        if isinstance(d.get("loaded"), dict) and d["loaded"]:
+            rec["loaded"] = d["loaded"]
+        if isinstance(d.get("materializers"), dict) and d["materializers"]:
+            components = get_record(txn, "step_components", d["id"])
+            if components is not None:
+                components["materializers"] = d["materializers"]
+                put_record(txn, "step_components", d["id"], components)
         for aid in rec["inputs"].values():
             txn.put("consumers", consumer_key(aid, d["id"]), b"")
         if rec.get("cache_key"):

@@ -8,12 +8,18 @@ and ``run.steps`` answer from the same point in history.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.query.catalog import Catalog
+
+
+LOAD_HOOKS: list[Callable[[ArtifactVersion], None]] = []
+"""Called with every artifact version loaded through :meth:`ArtifactVersion.load`
+(after the load succeeded); ``engine.pipelines.context`` records a running
+step's loads as its inputs with one."""
 
 
 def _time(ns: int | None) -> _dt.datetime | None:
@@ -91,7 +97,10 @@ class ArtifactVersion:
 
     def load(self) -> Any:
         """The Python object back, through the materializer that saved it."""
-        return self._catalog._load(self._rec)
+        obj = self._catalog._load(self._rec)
+        for hook in LOAD_HOOKS:
+            hook(self)
+        return obj
 
     def export_files(self, directory: str | Path) -> list[Path]:
         """Write the artifact's files, byte-exact, into ``directory``."""
@@ -138,6 +147,11 @@ class StepRun:
     seq = property(lambda self: int(self._rec["seq"]))
     started = property(lambda self: _time(self._rec["ts"]))
     ended = property(lambda self: _time(self._rec.get("ended_ts")))
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What the step logged on itself (``get_step_context().log_metadata``)."""
+        return dict(self._rec.get("metadata") or {})
 
     @property
     def components(self) -> dict[str, Any] | None:
