@@ -454,8 +454,12 @@ class Store:
             self.ledger.check_writable("import from ZenML")
         with damage_boundary(f"the ledger at {self.path}"):
             return import_zenml(
-                self, Path(source), artifact_store=artifact_store, dry_run=dry_run,
-                trust_pickles=trust_pickles, progress=progress,
+                self,
+                Path(source),
+                artifact_store=artifact_store,
+                dry_run=dry_run,
+                trust_pickles=trust_pickles,
+                progress=progress,
             )
 
     def as_of(self, when: Any) -> HistoricalView:

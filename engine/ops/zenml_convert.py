@@ -16,12 +16,18 @@
   unless the operator trusts the pickles. The pickle's opcodes are walked
   (never executed) to find a truncated or damaged file.
 
+Where ZenML recorded a content hash (built-ins: MD5 over the materializer's
+class name and the sorted JSON; bytes: over the name and the bytes; pickles:
+SHA-256 of ``artifact.pkl``), it is checked; numpy and pandas files have none,
+and are checked by parsing them whole.
+
 A file that cannot be read or parsed is an :class:`ImportValidationError`
 naming the file and the ZenML artifact.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickletools
 from dataclasses import dataclass, field
@@ -60,9 +66,7 @@ def label(a: ZArtifact) -> str:
 
 
 def _bad(path: Path, a: ZArtifact, problem: str) -> ImportValidationError:
-    return ImportValidationError(
-        f"{path}: cannot read {label(a)}: {problem}; nothing was imported"
-    )
+    return ImportValidationError(f"{path}: cannot read {label(a)}: {problem}; nothing was imported")
 
 
 def read_artifact(a: ZArtifact) -> Converted:
@@ -84,7 +88,9 @@ def read_artifact(a: ZArtifact) -> Converted:
         if a.materializer in (BUILTIN, CONTAINER) and (d / "data.json").is_file():
             return Converted(True, _builtin(d / "data.json", topic, a))
         if a.materializer == BYTES and (d / "data.txt").is_file():
-            return Converted(True, (d / "data.txt").read_bytes())
+            raw = (d / "data.txt").read_bytes()
+            _check_hash(d / "data.txt", a, "md5", a.materializer.split(":")[1].encode() + raw)
+            return Converted(True, raw)
         if a.materializer == PANDAS and topic in ("pandas:DataFrame", "pandas:Series"):
             return Converted(True, _pandas(d, topic, a))
     except OSError as e:
@@ -114,6 +120,9 @@ def _builtin(path: Path, topic: str, a: ZArtifact) -> Any:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise _bad(path, a, f"not valid JSON ({e})") from None
+    if topic != "builtins:set":  # ZenML hashes a set in its own order
+        name = a.materializer.split(":")[1]
+        _check_hash(path, a, "md5", (name + json.dumps(value, sort_keys=True)).encode())
     if topic == "builtins:dict" and not isinstance(value, dict):
         if not (isinstance(value, list) and len(value) == 2):
             raise _bad(path, a, "a dict stored as neither an object nor [keys, values]")
@@ -131,7 +140,7 @@ def _hashable(v: Any) -> Any:
 
 
 def _pandas(d: Path, topic: str, a: ZArtifact) -> Any:
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped]
 
     parquet, csv = d / "df.parquet.gzip", d / "df.csv"
     try:
@@ -157,14 +166,13 @@ def _pandas(d: Path, topic: str, a: ZArtifact) -> Any:
 
 
 def _files(d: Path, a: ZArtifact) -> Converted:
-    files = sorted(
-        (p.relative_to(d).as_posix(), p) for p in d.rglob("*") if p.is_file()
-    )
+    files = sorted((p.relative_to(d).as_posix(), p) for p in d.rglob("*") if p.is_file())
     if not files:
         raise _bad(d, a, "the artifact's directory is empty")
     out = Converted(False, files=files)
     if a.materializer == PICKLE and (d / PICKLE_FILE).is_file():
         out.pickle = d / PICKLE_FILE
+        _check_hash(out.pickle, a, "sha256", out.pickle.read_bytes())
         _check_pickle(out.pickle, a)
         version = d / "python_version.txt"
         if version.is_file():
@@ -173,16 +181,22 @@ def _files(d: Path, a: ZArtifact) -> Converted:
     return out
 
 
+def _check_hash(path: Path, a: ZArtifact, algorithm: str, payload: bytes) -> None:
+    """Compare with the content hash ZenML recorded (built-ins, bytes and
+    pickles have one), when it did."""
+    if not a.content_hash:
+        return
+    if hashlib.new(algorithm, payload, usedforsecurity=False).hexdigest() != a.content_hash:
+        raise _bad(path, a, f"its content does not match the {algorithm} ZenML recorded")
+
+
 def _check_pickle(path: Path, a: ZArtifact) -> None:
     """Walk the pickle's opcodes without running any: a truncated or damaged
     pickle fails here, not when someone trusts and loads it."""
     try:
         with open(path, "rb") as f:
-            ops = pickletools.genops(f)
-            last = None
-            for last in ops:
-                pass
-            if last is None or last[0].name != "STOP":
+            names = [op.name for op, _, _ in pickletools.genops(f)]
+            if not names or names[-1] != "STOP":
                 raise ValueError("no STOP opcode")
             if f.read(1):
                 raise ValueError("trailing bytes after STOP")

@@ -26,6 +26,7 @@ uris are rebased onto the artifact store directory found here
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 from dataclasses import dataclass, field
@@ -191,9 +192,7 @@ def _error(text: Any) -> str | None:
     return lines[-1] if lines else None
 
 
-def read(
-    source: str | Path, artifact_store: str | Path | None = None
-) -> ZenMLSource:
+def read(source: str | Path, artifact_store: str | os.PathLike[str] | None = None) -> ZenMLSource:
     """Read the ZenML deployment at ``source`` (a config directory or its
     ``zenml.db``). ``artifact_store``: the local artifact store's directory,
     when it is not ``<config dir>/local_stores/<its id>/``."""
@@ -214,7 +213,7 @@ def _read(
     con: sqlite3.Connection,
     db: Path,
     config_dir: Path | None,
-    artifact_store: str | Path | None,
+    artifact_store: str | os.PathLike[str] | None,
 ) -> ZenMLSource:
     try:
         rows = con.execute("SELECT version_num FROM alembic_version").fetchall()
@@ -318,7 +317,7 @@ def _read(
 
 
 def _artifact_stores(
-    con: sqlite3.Connection, config_dir: Path | None, given: str | Path | None
+    con: sqlite3.Connection, config_dir: Path | None, given: str | os.PathLike[str] | None
 ) -> dict[str, tuple[str | None, Path | None]]:
     """Local artifact store id -> (its recorded path, its directory here)."""
     root = _recorded_root(config_dir)

@@ -34,6 +34,7 @@ run with key components to compare it with.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ def import_zenml(
     store: Store,
     source: str | Path,
     *,
-    artifact_store: str | Path | None = None,
+    artifact_store: str | os.PathLike[str] | None = None,
     dry_run: bool = False,
     trust_pickles: bool = False,
     progress: Progress | None = None,
@@ -237,13 +238,21 @@ def _prepare(
     producer = artledger_id("step", a.producer) if a.producer else None
     run = None
     if a.producer is not None:
-        run = next(artledger_id("run", r.id) for r, _ in plan.runs for s in r.steps
-                   if s.id == a.producer)
+        run = next(
+            artledger_id("run", r.id) for r, _ in plan.runs for s in r.steps if s.id == a.producer
+        )
     version = plan.versions[a.id]
     if conv.converted:
         p = prepare(
-            ledger, conv.obj, a.name, version=version, tags=a.tags, metadata=meta,
-            producer=producer, run=run, session=session,
+            ledger,
+            conv.obj,
+            a.name,
+            version=version,
+            tags=a.tags,
+            metadata=meta,
+            producer=producer,
+            run=run,
+            session=session,
         )
     else:
         p = _prepare_files(store, a, conv, meta, session, trust, report)
@@ -361,13 +370,14 @@ def _commit(
     report.logical_bytes += sum(int(p.data["size"]) for p in prepared)
 
 
-def _run_events(
-    run: ZRun, written: dict[str, dict[str, Any]]
-) -> list[tuple[str, dict[str, Any]]]:
+def _run_events(run: ZRun, written: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """A ZenML run's events, with the artifact versions its steps produced."""
     rid = artledger_id("run", run.id)
-    ids = {z: artledger_id("artifact", z) for s in run.steps for z in (*s.inputs.values(),
-                                                                        *s.outputs.values())}
+    ids = {
+        z: artledger_id("artifact", z)
+        for s in run.steps
+        for z in (*s.inputs.values(), *s.outputs.values())
+    }
     run_meta = {
         **plain(dict(run.metadata)),
         "zenml": {
@@ -407,19 +417,39 @@ def _run_events(
         outputs = {n: ids[z] for n, z in s.outputs.items()}
         if s.status == "cached":
             source = artledger_id("step", s.original) if s.original else None
-            out.append((STEP_CACHED, {**common, "cache_miss_reason": None, "source": source,
-                                      "inputs": inputs, "outputs": outputs}))
+            out.append(
+                (
+                    STEP_CACHED,
+                    {
+                        **common,
+                        "cache_miss_reason": None,
+                        "source": source,
+                        "inputs": inputs,
+                        "outputs": outputs,
+                    },
+                )
+            )
             continue
         if s.status == "skipped":
             out.append((STEP_SKIPPED, {**common, "reason": "skipped in ZenML"}))
             continue
-        out.append((STEP_STARTED, {**common, "components": None,
-                                   "cache_miss_reason": MISS_REASON,
-                                   "cache_miss_reasons": [MISS_REASON]}))
+        out.append(
+            (
+                STEP_STARTED,
+                {
+                    **common,
+                    "components": None,
+                    "inputs": inputs,
+                    "cache_miss_reason": MISS_REASON,
+                    "cache_miss_reasons": [MISS_REASON],
+                },
+            )
+        )
         out += [(ARTIFACT_WRITTEN, written[z]) for z in s.outputs.values() if z in written]
         if s.status == "completed":
-            out.append((STEP_COMPLETED, {"id": sid, "run": rid, "inputs": inputs,
-                                         "outputs": outputs}))
+            out.append(
+                (STEP_COMPLETED, {"id": sid, "run": rid, "inputs": inputs, "outputs": outputs})
+            )
         elif s.status != "running":
             error = s.error or f"ZenML step run status: {s.status}"
             out.append((STEP_FAILED, {"id": sid, "run": rid, "error": error}))
