@@ -22,6 +22,8 @@ from engine import (
     Store,
     UntrustedArtifactError,
     failpoints,
+    pipeline,
+    step,
 )
 from engine.cli import main
 from engine.ops.zenml_db import DB_PATH, dashed
@@ -358,3 +360,22 @@ def test_cli_import_zenml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert json.loads(capsys.readouterr().out)["artifacts"] == 17
     assert main(["--store", store, "import-zenml", str(FIXTURE)]) == 0
     assert "already here, skipped: 5 runs, 17 artifact versions" in capsys.readouterr().out
+
+
+@step
+def make_features(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.float64).reshape(-1, 4) * 1.5
+
+
+@pipeline
+def numbers(n: int = 400) -> None:
+    make_features(n)
+
+
+def test_a_ported_pipeline_computes_once_then_caches(imported: Store) -> None:
+    first = next(iter(imported.run(numbers).steps.values()))
+    assert first.status == "completed"  # ZenML's cache keys do not carry over
+    assert imported.explain(first) == ["no earlier run"]
+    np.testing.assert_array_equal(first.output.load(), imported.load_artifact("features", 1))
+    second = next(iter(imported.run(numbers).steps.values()))
+    assert second.status == "cached" and second.source == first.id
