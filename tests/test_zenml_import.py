@@ -279,6 +279,25 @@ def test_interrupted_import_resumes(
     assert disk_store.stats()["artifacts"] == 17 and disk_store.verify().ok
 
 
+def test_a_run_still_in_progress_is_left_for_a_later_import(store: Store, tmp_path: Path) -> None:
+    src = copy_fixture(tmp_path)
+    failing = "099976f4a67041aa9494625bcde7c774"
+
+    def set_status(status: str) -> None:
+        con = sqlite3.connect(src / DB_PATH)
+        con.execute("UPDATE pipeline_run SET status = ? WHERE id = ?", (status, failing))
+        con.commit()
+        con.close()
+
+    set_status("running")
+    report = store.import_zenml(src)
+    assert (report.runs, report.runs_unfinished, report.artifacts) == (4, 1, 16)
+    set_status("failed")
+    report = store.import_zenml(src)
+    assert (report.runs, report.runs_already, report.artifacts) == (1, 4, 1)
+    assert store.get_run(artledger_id("run", failing)).status == "failed"
+
+
 def test_unknown_schema_version_is_refused(store: Store, tmp_path: Path) -> None:
     src = copy_fixture(tmp_path)
     con = sqlite3.connect(src / DB_PATH)

@@ -85,6 +85,11 @@ def cmd_import_zenml(args: argparse.Namespace) -> int:
             f"  already here, skipped: {report.runs_already} runs, "
             f"{report.artifacts_already} artifact versions"
         )
+    if report.runs_unfinished:
+        out.print(
+            f"  {report.runs_unfinished} runs still in progress in ZenML were left for a later "
+            "import"
+        )
     if not report.dry_run:
         out.print(
             f"  {fmt_size(report.logical_bytes)} of artifact data in {report.chunks_written} new "

@@ -140,7 +140,14 @@ def _hashable(v: Any) -> Any:
 
 
 def _pandas(d: Path, topic: str, a: ZArtifact) -> Any:
-    import pandas as pd  # type: ignore[import-untyped]
+    try:
+        import pandas as pd  # type: ignore[import-untyped]
+        import pyarrow  # type: ignore[import-untyped]  # noqa: F401  (the pandas materializer's)
+    except ImportError as e:
+        raise ImportValidationError(
+            f"{label(a)} is a pandas {topic.partition(':')[2]}: converting it needs pandas and "
+            f"pyarrow (pip install 'artledger[pandas]'; {e}); nothing was imported"
+        ) from None
 
     parquet, csv = d / "df.parquet.gzip", d / "df.csv"
     try:

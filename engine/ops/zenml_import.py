@@ -71,6 +71,12 @@ if TYPE_CHECKING:
     from engine.store import Store
 
 MISS_REASON = "imported from ZenML: ZenML's cache keys do not carry over"
+FINISHED = frozenset(
+    {"completed", "cached", "failed", "skipped", "retried", "stopped", "cancelled"}
+)
+"""ZenML's finished run statuses (``ExecutionStatus.is_finished``): a run in
+another state is left for a later import, which finds it finished."""
+SUCCEEDED = frozenset({"completed", "cached"})
 
 
 def artledger_id(kind: str, zenml_id: str) -> str:
@@ -89,6 +95,7 @@ class ZenMLImportReport:
     dry_run: bool = False
     runs: int = 0
     runs_already: int = 0
+    runs_unfinished: int = 0
     steps: int = 0
     cached_steps: int = 0
     failed_steps: int = 0
@@ -111,6 +118,7 @@ class _Plan:
     loose: list[ZArtifact]
     runs: list[tuple[ZRun, list[ZArtifact]]]
     versions: dict[str, int | str | None]  # zenml artifact id -> version to ask for
+    run_of_step: dict[str, str]  # zenml step run id -> its run's artledger id
 
 
 def import_zenml(
@@ -182,8 +190,10 @@ def _plan(store: Store, src: ZenMLSource, report: ZenMLImportReport) -> _Plan:
         for r in src.runs:
             if txn.get("runs", artledger_id("run", r.id).encode()) is not None:
                 report.runs_already += 1
-                continue
-            runs.append((r, by_run[r.id]))
+            elif r.status not in FINISHED:
+                report.runs_unfinished += 1
+            else:
+                runs.append((r, by_run[r.id]))
     for r in src.runs:
         for s in r.steps:
             for aid in (*s.inputs.values(), *s.outputs.values()):
@@ -192,7 +202,8 @@ def _plan(store: Store, src: ZenMLSource, report: ZenMLImportReport) -> _Plan:
                         f"{src.db}: step run {s.name} ({dashed(s.id)}) names artifact version "
                         f"{dashed(aid)}, which the database does not have; nothing was imported"
                     )
-    return _Plan(src, loose, runs, versions)
+    steps = {s.id: artledger_id("run", r.id) for r in src.runs for s in r.steps}
+    return _Plan(src, loose, runs, versions, steps)
 
 
 def _version(txn: Txn, a: ZArtifact) -> int | str | None:
@@ -236,11 +247,7 @@ def _prepare(
     meta = plain(dict(a.metadata), where=f"metadata of {label(a)}")
     meta["zenml"] = _provenance(a)
     producer = artledger_id("step", a.producer) if a.producer else None
-    run = None
-    if a.producer is not None:
-        run = next(
-            artledger_id("run", r.id) for r, _ in plan.runs for s in r.steps if s.id == a.producer
-        )
+    run = plan.run_of_step.get(a.producer) if a.producer else None
     version = plan.versions[a.id]
     if conv.converted:
         p = prepare(
@@ -450,11 +457,11 @@ def _run_events(run: ZRun, written: dict[str, dict[str, Any]]) -> list[tuple[str
             out.append(
                 (STEP_COMPLETED, {"id": sid, "run": rid, "inputs": inputs, "outputs": outputs})
             )
-        elif s.status != "running":
+        else:  # failed, stopped, or left unfinished in a run that finished
             error = s.error or f"ZenML step run status: {s.status}"
             out.append((STEP_FAILED, {"id": sid, "run": rid, "error": error}))
-    if run.status == "completed":
+    if run.status in SUCCEEDED:
         out.append((RUN_COMPLETED, {"id": rid}))
-    elif run.status not in ("running", "initializing", "provisioning"):
+    else:
         out.append((RUN_FAILED, {"id": rid, "error": run.error or f"ZenML run {run.status}"}))
     return out
