@@ -379,6 +379,8 @@ def test_cli_import_zenml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert json.loads(capsys.readouterr().out)["artifacts"] == 17
     assert main(["--store", store, "import-zenml", str(FIXTURE)]) == 0
     assert "already here, skipped: 5 runs, 17 artifact versions" in capsys.readouterr().out
+    assert main(["--store", store, "import-zenml", str(tmp_path / "nothing")]) == 1
+    assert "no such ZenML config directory or database" in capsys.readouterr().err
 
 
 @step

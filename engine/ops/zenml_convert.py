@@ -81,20 +81,24 @@ def read_artifact(a: ZArtifact) -> Converted:
             f"{d}: the files of {label(a)} are missing (recorded uri {a.uri}); nothing was "
             "imported. Pass --artifact-store if the artifact store is elsewhere"
         )
-    topic = a.data_type
     try:
-        if a.materializer == NUMPY and (d / "data.npy").is_file():
-            return _numpy(d / "data.npy", a) or _files(d, a)
-        if a.materializer in (BUILTIN, CONTAINER) and (d / "data.json").is_file():
-            return Converted(True, _builtin(d / "data.json", topic, a))
-        if a.materializer == BYTES and (d / "data.txt").is_file():
-            raw = (d / "data.txt").read_bytes()
-            _check_hash(d / "data.txt", a, "md5", a.materializer.split(":")[1].encode() + raw)
-            return Converted(True, raw)
-        if a.materializer == PANDAS and topic in ("pandas:DataFrame", "pandas:Series"):
-            return Converted(True, _pandas(d, topic, a))
+        return _read(d, a)
     except OSError as e:
         raise _bad(Path(e.filename or d), a, e.strerror or str(e)) from None
+
+
+def _read(d: Path, a: ZArtifact) -> Converted:
+    topic, m = a.data_type, a.materializer
+    if m == NUMPY and (d / "data.npy").is_file():
+        return _numpy(d / "data.npy", a) or _files(d, a)
+    if m in (BUILTIN, CONTAINER) and (d / "data.json").is_file():
+        return Converted(True, _builtin(d / "data.json", topic, a))
+    if m == BYTES and (d / "data.txt").is_file():
+        raw = (d / "data.txt").read_bytes()
+        _check_hash(d / "data.txt", a, "md5", m.split(":")[1].encode() + raw)
+        return Converted(True, raw)
+    if m == PANDAS and topic in ("pandas:DataFrame", "pandas:Series"):
+        return Converted(True, _pandas(d, topic, a))
     return _files(d, a)
 
 

@@ -205,6 +205,10 @@ def read(source: str | Path, artifact_store: str | os.PathLike[str] | None = Non
             raise ImportValidationError(
                 f"{db}: cannot read it as a ZenML database (SQLite: {e}); nothing was imported"
             ) from None
+        except (IndexError, KeyError) as e:  # a column the known schema has is missing
+            raise ImportValidationError(
+                f"{db}: not the ZenML schema it says it is (no column {e}); nothing was imported"
+            ) from None
     finally:
         con.close()
 
