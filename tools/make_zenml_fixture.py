@@ -17,6 +17,9 @@ pandas DataFrame, a pickled custom object (cloudpickle), artifact tags and
 metadata, run tags, a named version ("golden"), an artifact saved outside any
 step, a fully cached second run, a run with the cache disabled (the same
 bytes written again), and a failed run.
+
+The committed fixture was made by ZenML 0.98.0; its database schema
+(``alembic_version``) is 0.98.0, the one ``engine.ops.zenml_db`` knows.
 """
 
 import os
@@ -26,6 +29,17 @@ import sys
 from pathlib import Path
 
 KEEP_DB = "local_stores/default_zen_store/zenml.db"
+
+
+def scrub(db: Path) -> None:
+    """Drop what a fixture should not carry: the local user's password hash."""
+    con = sqlite3.connect(db)
+    try:
+        con.execute("UPDATE user SET password = NULL, activation_token = NULL")
+        con.commit()
+        con.execute("VACUUM")
+    finally:
+        con.close()
 
 
 def copy(src: Path, dst: Path) -> None:
@@ -40,6 +54,7 @@ def copy(src: Path, dst: Path) -> None:
         con.execute("VACUUM INTO ?", (str(dst / KEEP_DB),))
     finally:
         con.close()
+    scrub(dst / KEEP_DB)
     for d in sorted((src / "local_stores").iterdir()):
         if d.is_dir() and d.name != "default_zen_store":
             # step logs are not imported
