@@ -298,6 +298,27 @@ def test_a_run_still_in_progress_is_left_for_a_later_import(store: Store, tmp_pa
     assert store.get_run(artledger_id("run", failing)).status == "failed"
 
 
+def test_versions_the_store_already_has(store: Store) -> None:
+    store.save_artifact(np.zeros(2), "features")
+    report = store.import_zenml(FIXTURE)
+    assert report.artifacts == 17
+    got = {
+        a.metadata["zenml"]["version"]: a.version
+        for a in store.list_artifacts("features")
+        if "zenml" in a.metadata
+    }
+    assert got == {"1": 2, "2": 3, "3": 4}  # numbered after the store's, in ZenML's order
+    assert store.get_artifact("config", 1).metadata["zenml"]["version"] == "1"
+
+
+def test_a_clashing_version_label_is_refused(store: Store) -> None:
+    store.save_artifact(np.zeros(2), "golden_ref", version="golden")
+    before = state(store)
+    with pytest.raises(ImportValidationError, match="already has golden_ref:golden"):
+        store.import_zenml(FIXTURE)
+    assert state(store) == before
+
+
 def test_unknown_schema_version_is_refused(store: Store, tmp_path: Path) -> None:
     src = copy_fixture(tmp_path)
     con = sqlite3.connect(src / DB_PATH)

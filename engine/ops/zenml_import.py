@@ -175,11 +175,17 @@ def _plan(store: Store, src: ZenMLSource, report: ZenMLImportReport) -> _Plan:
     loose: list[ZArtifact] = []
     versions: dict[str, int | str | None] = {}
     with store.ledger.snapshot() as txn:
-        for a in src.artifacts.values():
-            if txn.get("artifacts", artledger_id("artifact", a.id).encode()) is not None:
-                report.artifacts_already += 1
-                continue
-            versions[a.id] = _version(txn, a)
+        fresh = [
+            a
+            for a in src.artifacts.values()
+            if txn.get("artifacts", artledger_id("artifact", a.id).encode()) is None
+        ]
+        report.artifacts_already = len(src.artifacts) - len(fresh)
+        # A name whose integer versions clash with the store's is numbered after them, whole.
+        renumber = {a.name for a in fresh if _version(txn, a) is None}
+        for a in fresh:
+            v = _version(txn, a)
+            versions[a.id] = None if a.name in renumber and isinstance(v, int) else v
             run = run_of_step.get(a.producer or "")
             if run is None:
                 a.producer = None
@@ -207,8 +213,8 @@ def _plan(store: Store, src: ZenMLSource, report: ZenMLImportReport) -> _Plan:
 
 
 def _version(txn: Txn, a: ZArtifact) -> int | str | None:
-    """The version to ask for: ZenML's own unless the store has it already (an
-    integer is then numbered after the store's; a clashing label is refused)."""
+    """ZenML's version as artledger's, or None when the store has that integer
+    version already (a clashing label is refused)."""
     v: int | str = int(a.version) if a.version.isdigit() and len(a.version) < 18 else a.version
     if txn.get("versions", version_key(a.name, v)) is None:
         return v
