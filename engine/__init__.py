@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from engine.ops.recover import RecoverReport
     from engine.ops.transfer import ExportReport, ImportReport
     from engine.pipelines.context import StepContext, get_step_context
+    from engine.ops.zenml_import import ZenMLImportReport
     from engine.query.history import HistoricalView
     from engine.query.lineage import LineageGraph
     from engine.query.models import ArtifactVersion, Run, StepRun
@@ -64,6 +65,7 @@ _LAZY = {
     "ExportReport": "engine.ops.transfer",
     "ImportReport": "engine.ops.transfer",
     "RecoverReport": "engine.ops.recover",
+    "ZenMLImportReport": "engine.ops.zenml_import",
     "register_upcaster": "engine.storage.log",
     "save_artifact": "engine.api",
     "load_artifact": "engine.api",
@@ -109,6 +111,7 @@ __all__ = [
     "UnhashableParameterError",
     "UntrustedArtifactError",
     "VerifyReport",
+    "ZenMLImportReport",
     "active_store",
     "external",
     "get_step_context",

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from engine.ops.maintenance import GcReport, VerifyReport
     from engine.ops.recover import RecoverReport
     from engine.ops.transfer import ExportReport, ImportReport
+    from engine.ops.zenml_import import ZenMLImportReport
     from engine.query.history import HistoricalView
     from engine.query.lineage import LineageGraph
 
@@ -454,6 +455,32 @@ class Store:
             return import_stream(into, path, trust_pickles=trust_pickles, progress=progress)
         root = (Path(into) if into is not None else default_path()).expanduser()
         return import_into(cls, path, root, trust_pickles=trust_pickles, progress=progress)
+
+    def import_zenml(
+        self,
+        source: str | os.PathLike[str],
+        *,
+        artifact_store: str | os.PathLike[str] | None = None,
+        dry_run: bool = False,
+        trust_pickles: bool = False,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> ZenMLImportReport:
+        """Import a ZenML local deployment (its config directory or ``zenml.db``):
+        runs, step runs, artifact versions and lineage, one commit per run;
+        idempotent and resumable. See ``engine.ops.zenml_import``."""
+        from engine.ops.zenml_import import import_zenml
+
+        if not dry_run:
+            self.ledger.check_writable("import from ZenML")
+        with damage_boundary(f"the ledger at {self.path}"):
+            return import_zenml(
+                self,
+                Path(source),
+                artifact_store=artifact_store,
+                dry_run=dry_run,
+                trust_pickles=trust_pickles,
+                progress=progress,
+            )
 
     def as_of(self, when: Any) -> HistoricalView:
         """A read-only view of the store as it was after event ``when`` (a

@@ -1,4 +1,4 @@
-"""``artledger`` commands that move history between stores: export, import."""
+"""``artledger`` commands that move history between stores: export, import, import-zenml."""
 
 from __future__ import annotations
 
@@ -102,6 +102,59 @@ def cmd_trust(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_import_zenml(args: argparse.Namespace) -> int:
+    from engine.store import Store
+
+    # A dry run against a path with no store yet plans against an empty one.
+    fresh = args.dry_run and not looks_like_store(store_path(args))
+    opened = Store.memory() if fresh else open_store(args, create=True)
+    with opened as store, progress("import-zenml") as update:
+        report = store.import_zenml(
+            args.source,
+            artifact_store=args.artifact_store,
+            dry_run=args.dry_run,
+            trust_pickles=args.trust_pickles,
+            progress=update,
+        )
+    if args.json:
+        print_json(report.__dict__)
+        return EXIT_OK
+    out = stdout()
+    verb = "would import" if report.dry_run else "imported"
+    out.print(
+        f"{verb} from ZenML (schema {report.schema}): {report.runs} runs, {report.steps} step "
+        f"runs ({report.cached_steps} cached, {report.failed_steps} failed), "
+        f"{report.artifacts} artifact versions ({report.converted} converted, "
+        f"{report.kept_as_files} kept as ZenML's files)"
+    )
+    if report.runs_already or report.artifacts_already:
+        out.print(
+            f"  already here, skipped: {report.runs_already} runs, "
+            f"{report.artifacts_already} artifact versions"
+        )
+    if report.runs_unfinished:
+        out.print(
+            f"  {report.runs_unfinished} runs still in progress in ZenML were left for a later "
+            "import"
+        )
+    if not report.dry_run:
+        out.print(
+            f"  {fmt_size(report.logical_bytes)} of artifact data in {report.chunks_written} new "
+            f"chunks ({fmt_size(report.bytes_written)} stored) in {report.seconds:.2f} s"
+        )
+    for name, n in sorted(report.materializers.items()):
+        out.print(f"  {n:5d} x {name}")
+    if report.untrusted:
+        out.print(
+            f"  {report.untrusted} artifact versions kept as files are untrusted: their pickles "
+            "will not load (import again into a fresh store with --trust-pickles if you trust "
+            "the source)"
+        )
+    if report.signed:
+        out.print(f"  {report.signed} pickles signed with this store's secret")
+    return EXIT_OK
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Declare the transfer commands."""
     sp = add_command(
@@ -141,4 +194,26 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sp.add_argument("spec", metavar=SPEC, nargs="?")
     sp.add_argument(
         "--all-imported", action="store_true", help="every untrusted (imported) live version"
+    )
+    sp = add_command(
+        sub,
+        "import-zenml",
+        cmd_import_zenml,
+        "import a ZenML local deployment's runs, artifacts and lineage",
+        json_flag=True,
+    )
+    sp.add_argument("source", metavar="ZENML_CONFIG_DIR_OR_DB")
+    sp.add_argument(
+        "--artifact-store",
+        metavar="PATH",
+        help="the local artifact store's directory (default: local_stores/<its id> "
+        "in the config directory)",
+    )
+    sp.add_argument(
+        "--dry-run", action="store_true", help="read and check everything, write nothing"
+    )
+    sp.add_argument(
+        "--trust-pickles",
+        action="store_true",
+        help="sign the imported pickles with this store's secret, so they load",
     )

@@ -2,7 +2,8 @@
 
 Event data (all ids are hex strings):
 
-- ``run.started``: id, pipeline, params, enable_cache, invocations (list of ids)
+- ``run.started``: id, pipeline, params, enable_cache, invocations (list of ids);
+  optional metadata (a map kept in the record: where an imported run came from)
 - ``run.completed``: id;  ``run.failed``: id, error
 - ``step.started``: id, run, pipeline, invocation, step, cache_key, components (a
   ``KeyComponents.to_record()``), cache_miss_reason (a short string),
@@ -15,6 +16,8 @@ Event data (all ids are hex strings):
   same key) plus source (the reused step run), inputs, outputs
 - ``step.failed``: id, run, error, optional metadata
 - ``step.skipped``: id, run, invocation, step, reason
+- ``step.started``, ``step.cached`` and ``step.skipped`` may carry metadata too, kept
+  as ``run.started``'s is
 - ``run.deleted``: id
 
 Databases: ``runs`` (run id -> record), ``run_steps`` (run id NUL seq ->
@@ -72,6 +75,8 @@ def _run_started(txn: Txn, e: Event) -> None:
         "error": None,
         "deleted": None,
     }
+    if d.get("metadata") is not None:  # e.g. where an imported run came from
+        rec["metadata"] = d["metadata"]
     put_record(txn, "runs", d["id"], rec)
     txn.put("run_index", run_index_key(d["pipeline"], e.seq), d["id"].encode())
     txn.put("run_index", run_index_key(None, e.seq), d["id"].encode())
@@ -149,6 +154,8 @@ def _step_begun(txn: Txn, e: Event) -> None:
         "ts": e.ts,
         "ended_ts": e.ts if status != "running" else None,
     }
+    if d.get("metadata") is not None:
+        rec["metadata"] = d["metadata"]
     put_record(txn, "steps", d["id"], rec)
     components = d.get("components")
     if components is not None:

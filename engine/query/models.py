@@ -147,6 +147,10 @@ class StepRun:
     seq = property(lambda self: int(self._rec["seq"]))
     started = property(lambda self: _time(self._rec["ts"]))
     ended = property(lambda self: _time(self._rec.get("ended_ts")))
+    metadata = property(
+        lambda self: dict(self._rec.get("metadata") or {}),
+        doc='Recorded with the step run (an imported one: ``["zenml"]["id"]``, ...).',
+    )
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -208,6 +212,10 @@ class Run:
     started = property(lambda self: _time(self._rec["ts"]))
     ended = property(lambda self: _time(self._rec.get("ended_ts")))
     deleted = property(lambda self: self._rec.get("deleted") is not None)
+    metadata = property(
+        lambda self: dict(self._rec.get("metadata") or {}),
+        doc='Recorded with the run (an imported one: ``["zenml"]["id"]``, ...).',
+    )
 
     @property
     def steps(self) -> Mapping[str, StepRun]:
