@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     from engine.ops.maintenance import GcReport, VerifyReport
     from engine.ops.recover import RecoverReport
     from engine.ops.transfer import ExportReport, ImportReport
-    from engine.pipelines.context import StepContext, get_step_context
     from engine.ops.zenml_import import ZenMLImportReport
+    from engine.pipelines.context import StepContext, get_step_context
     from engine.query.history import HistoricalView
     from engine.query.lineage import LineageGraph
     from engine.query.models import ArtifactVersion, Run, StepRun

@@ -28,8 +28,8 @@ from engine.events import (
 from engine.ledger.artifacts import check_tags, commit_artifacts, plain, prepare
 from engine.ledger.core import Ledger, SyncStatus, retry_on_concurrent_gc
 from engine.ledger.layout import Identity
-from engine.ledger.opening import Options, memory_ledger, open_ledger
-from engine.ledger.replica import resolve_urls
+from engine.ledger.opening import Options, memory_ledger
+from engine.ledger.replica import SharedOptions, open_any_ledger
 from engine.projections.records import damage_boundary
 from engine.query.catalog import Catalog
 from engine.query.models import ArtifactVersion, Run, StepRun
@@ -110,25 +110,9 @@ class Store:
         (:class:`LedgerMissingError`, :class:`LedgerDamagedError`), never
         replaced by an empty one: :meth:`recover` rebuilds it."""
         root = (Path(path) if path is not None else default_path()).expanduser()
-        urls = resolve_urls(root, log, chunks)
-        if urls is not None:
-            from engine.ledger.replica import open_replica
-
-            return cls(
-                open_replica(
-                    root,
-                    urls,
-                    chunk_size=chunk_size,
-                    level=level,
-                    workers=workers,
-                    map_size=map_size,
-                    readonly=readonly,
-                    timeout=timeout,
-                    cache_bytes=cache_bytes,
-                )
-            )
         options = Options(chunk_size, level, workers, map_size)
-        return cls(open_ledger(root, options, readonly=readonly))
+        shared = SharedOptions(log, chunks, timeout, cache_bytes)
+        return cls(open_any_ledger(root, options, shared, readonly=readonly))
 
     @classmethod
     def memory(cls, *, chunk_size: int = 4 << 20, level: int = 3, workers: int = 2) -> Store:

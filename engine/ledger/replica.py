@@ -28,7 +28,9 @@ from engine.errors import (
     StoreError,
 )
 from engine.events import STORE_CREATED
+from engine.ledger.core import Ledger
 from engine.ledger.layout import Identity, write_new
+from engine.ledger.opening import Options, open_ledger
 from engine.ledger.secret import fingerprint, load_secret
 from engine.ledger.shared import SHARED_DATABASES, SharedLedger
 from engine.projections import STORE_DATABASES
@@ -71,6 +73,38 @@ def redact(url: str) -> str:
         host = f"{host}:{parts.port}"
     user = f"{parts.username}@" if parts.username else ""
     return urlunsplit(parts._replace(netloc=user + host))
+
+
+@dataclass(frozen=True)
+class SharedOptions:
+    """``Store.open``'s shared-store arguments (URLs may be None: recorded or
+    from the environment)."""
+
+    log: str | None = None
+    chunks: str | None = None
+    timeout: float = 10.0
+    cache_bytes: int = 1 << 30
+
+
+def open_any_ledger(
+    root: Path, options: Options, shared: SharedOptions, *, readonly: bool
+) -> Ledger:
+    """The ledger of the store at ``root``: a replica of a shared store when
+    URLs are given, recorded or set in the environment; else the embedded one."""
+    urls = resolve_urls(root, shared.log, shared.chunks)
+    if urls is None:
+        return open_ledger(root, options, readonly=readonly)
+    return open_replica(
+        root,
+        urls,
+        chunk_size=options.chunk_size,
+        level=options.level,
+        workers=options.workers,
+        map_size=options.map_size,
+        readonly=readonly,
+        timeout=shared.timeout,
+        cache_bytes=shared.cache_bytes,
+    )
 
 
 def resolve_urls(root: Path, log: str | None, chunks: str | None) -> SharedUrls | None:

@@ -147,14 +147,11 @@ class StepRun:
     seq = property(lambda self: int(self._rec["seq"]))
     started = property(lambda self: _time(self._rec["ts"]))
     ended = property(lambda self: _time(self._rec.get("ended_ts")))
-    metadata = property(
-        lambda self: dict(self._rec.get("metadata") or {}),
-        doc='Recorded with the step run (an imported one: ``["zenml"]["id"]``, ...).',
-    )
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """What the step logged on itself (``get_step_context().log_metadata``)."""
+        """What the step logged on itself (``get_step_context().log_metadata``), or
+        what an import recorded with it (``["zenml"]["id"]``, ...)."""
         return dict(self._rec.get("metadata") or {})
 
     @property
