@@ -61,8 +61,9 @@ class NumpyMaterializer(BaseMaterializer):
         if array.dtype.hasobject:
             CloudpickleMaterializer(self.files).save(data)
             return
-        header = _header_bytes(array)
-        with self.open(SCALAR_FILE if is_scalar else ARRAY_FILE, "wb") as f:
+        header = _header_bytes(array)  # padded to 64 bytes: elements stay aligned
+        name = SCALAR_FILE if is_scalar else ARRAY_FILE
+        with self.open(name, "wb", itemsize=_shuffle_itemsize(array.dtype)) as f:
             f.write(header)
             for block in _byte_blocks(array, self.CHUNK_BYTES):
                 f.write(block)
@@ -181,6 +182,14 @@ def _parse_header(text: str) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
     if type(fortran_order) is not bool:
         raise ValueError(f"bad fortran_order {fortran_order!r}")
     return shape, fortran_order, np.lib.format.descr_to_dtype(fields["descr"])
+
+
+def _shuffle_itemsize(dtype: np.dtype[Any]) -> int:
+    """The element size the engine may byte-shuffle by: a plain number's size
+    (a complex number's part), 0 for structured, string and other dtypes."""
+    if dtype.names is not None or dtype.kind not in "iufcmM":
+        return 0
+    return dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
 
 
 def _raw_bytes(array: npt.NDArray[Any]) -> memoryview:

@@ -20,24 +20,22 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import msgpack
 import xxhash
 
 from engine.errors import IntegrityError
 from engine.storage.blobs import BlobStore, Location
+from engine.storage.chunk_records import ChunkRecord, FileEntry, content_hash
 from engine.storage.codecs import (
     CODEC_RAW,
     MIN_SAVING,
     RAW,
     ZSTD,
     CodecError,
+    choose,
     codec,
-    worth_compressing,
 )
-from engine.storage.damage import DECODE_ERRORS
 from engine.storage.kv import KV
 
 __all__ = [
@@ -58,58 +56,7 @@ INLINE_POOL_MAX = 64 << 10  # chunks this small are encoded in the writing threa
 T = TypeVar("T")
 
 
-@dataclass
-class FileEntry:
-    """One file of an artifact: its name, size, unseeded xxh3-128 and chunk digests."""
-
-    name: str
-    size: int
-    hash: str
-    chunks: list[bytes]
-
-    def to_record(self) -> list[Any]:
-        return [self.name, self.size, self.hash, self.chunks]
-
-    @classmethod
-    def from_record(cls, rec: list[Any]) -> FileEntry:
-        return cls(rec[0], rec[1], rec[2], list(rec[3]))
-
-
-def content_hash(files: list[FileEntry]) -> str:
-    """The portable identity of an artifact's data: xxh3-128 (unseeded) over
-    the sorted (name, size, file hash) triples."""
-    triples = sorted((f.name, f.size, f.hash) for f in files)
-    return xxhash.xxh3_128(msgpack.packb(triples, use_bin_type=True)).hexdigest()
-
-
 PREFETCH_WINDOW = 16  # chunks a remote backend is asked to fetch ahead of the reads
-
-
-@dataclass
-class ChunkRecord:
-    """What the chunk index keeps for one digest."""
-
-    codec: int
-    raw_len: int
-    loc: Location | None
-    inline: bytes | None = None
-
-    @property
-    def stored_len(self) -> int:
-        return len(self.inline) if self.inline is not None else self.loc.length  # type: ignore[union-attr]
-
-    def pack(self) -> bytes:
-        return msgpack.packb([self.codec, self.raw_len, self.loc, self.inline], use_bin_type=True)  # type: ignore[no-any-return]
-
-    @classmethod
-    def unpack(cls, raw: bytes) -> ChunkRecord:
-        try:
-            codec, raw_len, loc, inline = msgpack.unpackb(raw, raw=False)
-        except DECODE_ERRORS as e:
-            raise IntegrityError(
-                f"a chunk index record is damaged ({type(e).__name__}: {e}); run `artledger verify`"
-            ) from e
-        return cls(codec, raw_len, None if loc is None else Location.from_record(loc), inline)
 
 
 class ChunkStore:
@@ -213,16 +160,20 @@ class WriteSession:
     def _known(self, digest: bytes) -> bool:
         return digest in self.new or self.store.lookup(digest) is not None
 
-    def _encode(self, chunk: memoryview) -> tuple[bytes, int, Any, int]:
+    def _encode(self, chunk: memoryview, itemsize: int = 0) -> tuple[bytes, int, Any, int]:
+        """Hash ``chunk`` and, when new, encode it under the codec the sample test
+        picks (``itemsize``: the element size of the numbers it holds, 0 if none)."""
         store = self.store
         digest = store.digest(chunk)
         n = len(chunk)
         if self._known(digest):
             return digest, -1, None, n
-        if store.level > 0 and (n <= INLINE_MAX or worth_compressing(chunk)):
-            packed = ZSTD.encode(chunk, store.level)
-            if len(packed) < n * MIN_SAVING:
-                return digest, ZSTD.id, packed, n
+        if store.level > 0:
+            pick = ZSTD if n <= INLINE_MAX else choose(chunk, itemsize)
+            if pick is not RAW:
+                packed = pick.encode(chunk, store.level)
+                if len(packed) < n * MIN_SAVING:
+                    return digest, pick.id, packed, n
         return digest, RAW.id, RAW.encode(chunk, store.level), n
 
     def _store(self, result: tuple[bytes, int, Any, int]) -> bytes:
@@ -261,26 +212,34 @@ class WriteSession:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def put_chunks(self, chunks: Iterable[tuple[T, Any]]) -> Iterator[tuple[T, bytes]]:
+    def put_chunks(
+        self, chunks: Iterable[tuple[T, Any]], itemsize: Callable[[T], int] | None = None
+    ) -> Iterator[tuple[T, bytes]]:
         """Hash, compress and store each ``(tag, bytes)`` chunk, several at once in
-        the pool (a bounded window in flight); yields ``(tag, digest)`` in order."""
+        the pool (a bounded window in flight); yields ``(tag, digest)`` in order.
+        ``itemsize(tag)``, when given, is the chunk's element-size hint."""
         window = max(2, self.store.workers * 2)
         inflight: deque[tuple[T, Future[tuple[bytes, int, Any, int]]]] = deque()
         for tag, data in chunks:
             mv = memoryview(data)
+            k = 0 if itemsize is None else itemsize(tag)
             if not inflight and len(mv) <= INLINE_POOL_MAX:
-                yield tag, self._store(self._encode(mv))
+                yield tag, self._store(self._encode(mv, k))
                 continue
             while len(inflight) >= window:
                 done, job = inflight.popleft()
                 yield done, self._store(job.result())
-            inflight.append((tag, self.store.pool.submit(self._encode, mv)))
+            inflight.append((tag, self.store.pool.submit(self._encode, mv, k)))
         while inflight:
             done, job = inflight.popleft()
             yield done, self._store(job.result())
 
-    def writer(self, name: str, on_close: Callable[[FileEntry], None]) -> ChunkWriter:
-        return ChunkWriter(self, name, on_close)
+    def writer(
+        self, name: str, on_close: Callable[[FileEntry], None], *, itemsize: int = 0
+    ) -> ChunkWriter:
+        """A writer for file ``name``; ``itemsize`` > 1 says the file holds numbers
+        of that many bytes (aligned in the file), so their chunks may be shuffled."""
+        return ChunkWriter(self, name, on_close, itemsize=itemsize)
 
     def index_entries(self) -> dict[bytes, ChunkRecord]:
         return self.new
@@ -289,9 +248,17 @@ class WriteSession:
 class ChunkWriter(io.RawIOBase):
     """A writable binary file that streams into chunks; ``close`` finishes it."""
 
-    def __init__(self, session: WriteSession, name: str, on_close: Callable[[FileEntry], None]):
+    def __init__(
+        self,
+        session: WriteSession,
+        name: str,
+        on_close: Callable[[FileEntry], None],
+        *,
+        itemsize: int = 0,
+    ):
         super().__init__()
         self._s = session
+        self._itemsize = itemsize
         self.name = name
         self._on_close = on_close
         self._cs = session.store.chunk_size
@@ -309,11 +276,11 @@ class ChunkWriter(io.RawIOBase):
     def _submit(self, chunk: memoryview) -> None:
         if not self._inflight and len(chunk) <= INLINE_POOL_MAX:
             # Small chunks: a thread hop costs more than the work.
-            self._digests.append(self._s._store(self._s._encode(chunk)))
+            self._digests.append(self._s._store(self._s._encode(chunk, self._itemsize)))
             return
         while len(self._inflight) >= self._window:
             self._digests.append(self._s._store(self._inflight.popleft().result()))
-        self._inflight.append(self._s.store.pool.submit(self._s._encode, chunk))
+        self._inflight.append(self._s.store.pool.submit(self._s._encode, chunk, self._itemsize))
 
     def _drain(self) -> None:
         while self._inflight:
@@ -360,7 +327,10 @@ class ChunkWriter(io.RawIOBase):
                 self._submit(memoryview(bytes(self._buf)))
                 self._buf = bytearray()
             self._drain()
-            self.entry = FileEntry(self.name, self._size, self._hash.hexdigest(), self._digests)
+            layout = {"itemsize": self._itemsize} if self._itemsize > 1 else None
+            self.entry = FileEntry(
+                self.name, self._size, self._hash.hexdigest(), self._digests, layout
+            )
             self._on_close(self.entry)
         finally:
             super().close()
