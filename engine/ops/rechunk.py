@@ -33,6 +33,9 @@ class Rechunker:
 
     def specs(self, entry: FileEntry) -> Iterator[Spec]:
         """The destination chunks of ``entry``, in order (arithmetic only)."""
+        if entry.cut == "cdc":  # content-defined chunks are kept as they were cut
+            yield from entry.chunks
+            return
         cs = self.chunk_size
         lengths = self.source.chunks
         pieces: list[tuple[bytes, int, int]] = []
