@@ -129,9 +129,7 @@ class WriteFiles(Signer):
     def _full(self, name: str) -> str:
         return check_name(self._prefix + check_name(name))
 
-    def open_write(
-        self, name: str, *, itemsize: int = 0, chunking: str | None = None
-    ) -> IO[bytes]:
+    def open_write(self, name: str, *, itemsize: int = 0, chunking: str | None = None) -> IO[bytes]:
         """A buffered binary writer (``WRITE_BUFFER``); writes at least that large
         go straight to the chunk writer. Closing it ingests the file.
 
