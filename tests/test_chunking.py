@@ -255,3 +255,30 @@ def test_a_parquet_file_with_rows_inserted_or_deleted_stores_little(
         added = new_bytes(s, lambda: s.save_artifact(second, "table.parquet"))
         assert added <= 0.05 * len(second), added / len(second)
         assert s.load_artifact("table.parquet") == second
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ({"cut": "rolling"}, "unknown chunking"),
+        ({"itemsize": 10**6}, "absurd element size"),
+        ({"shuffle": True}, "unknown or malformed field"),
+        ([1, 2], "layout is not a map"),
+    ],
+)
+def test_a_stream_with_a_bad_layout_is_refused(layout: Any, message: str, tmp_path: Path) -> None:
+    from streams import build_stream, edit_artifact, read_frames
+
+    from engine import ImportValidationError
+
+    with Store.open(tmp_path / "s", chunk_size=CHUNK) as s:
+        s.save_artifact(np.arange(1000.0), "a")
+        s.export(tmp_path / "x.alx")
+
+    def bad(env: dict[str, Any]) -> None:
+        env["data"]["files"][0][4] = layout
+
+    frames = edit_artifact(read_frames((tmp_path / "x.alx").read_bytes()), "a", bad)
+    (tmp_path / "y.alx").write_bytes(build_stream(frames))
+    with Store.open(tmp_path / "d") as d, pytest.raises(ImportValidationError, match=message):
+        Store.import_(tmp_path / "y.alx", into=d)
