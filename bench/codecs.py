@@ -139,7 +139,9 @@ def run(ctx: Context) -> Result:
             for st in stores:
                 st.close()
     res.notes.append(
-        "The stored size includes every chunk's pack header; the zstd file is one frame. "
-        "Our save also hashes each chunk and commits the version (fsync of pack and ledger)."
+        "Stored bytes are the chunks' payloads (the store's stored_bytes; each pack record's "
+        "32-byte header is not counted, under 0.01% at these chunk sizes); the zstd file is one "
+        "frame. Our save also cuts content-defined chunks, hashes each chunk and commits the "
+        "version (fsync of pack and ledger)."
     )
     return res
