@@ -54,6 +54,7 @@ __all__ = [
 
 INLINE_MAX = 2048
 INLINE_POOL_MAX = 64 << 10  # chunks this small are encoded in the writing thread
+HASH_IN_POOL = 1 << 20  # content-defined writes this large hash the file in the pool
 
 T = TypeVar("T")
 
@@ -310,11 +311,21 @@ class ChunkWriter(io.RawIOBase):
         n = len(mv)
         if not n:
             return 0
-        self._hash.update(mv)
         self._size += n
         if self._cutter is not None:
-            self._write_cdc(mv)
+            # The file's hash runs in the pool while the main thread cuts (both
+            # release the GIL); it is done before the caller gets its buffer back.
+            big = n >= HASH_IN_POOL
+            job = self._s.store.pool.submit(self._hash.update, mv) if big else None
+            if job is None:
+                self._hash.update(mv)
+            try:
+                self._write_cdc(mv)
+            finally:
+                if job is not None:
+                    job.result()
             return n
+        self._hash.update(mv)
         cs = self._cs
         pos = 0
         if self._buf:
