@@ -21,6 +21,7 @@ SCENARIOS: dict[str, str] = {
     "models": "bench.models",
     "dataframes": "bench.dataframes",
     "shared": "bench.shared",
+    "codecs": "bench.codecs",
 }
 """Scenario name -> module (each has TITLE, ABOUT, PARAMS and run(ctx))."""
 

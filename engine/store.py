@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from engine.ops.maintenance import GcReport, VerifyReport
     from engine.ops.recover import RecoverReport
     from engine.ops.transfer import ExportReport, ImportReport
+    from engine.ops.whatif import WhatIfReport
     from engine.ops.zenml_import import ZenMLImportReport
     from engine.query.history import HistoricalView
     from engine.query.lineage import LineageGraph
@@ -387,6 +388,32 @@ class Store:
         if fix:
             self.ledger.check_writable("fix what verify finds")
         return verify_isolated(self, progress=progress, fix=fix, isolate=isolate)
+
+    def what_if(
+        self,
+        *,
+        chunking: str | None = None,
+        chunk_size: int | None = None,
+        codec: str = "auto",
+        level: int | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> WhatIfReport:
+        """Re-chunk and re-compress the whole history in memory under a policy,
+        writing nothing: stored bytes, dedup ratio and time per artifact name,
+        against what the store holds (``engine.ops.whatif``). ``chunking``:
+        ``"cdc"``/``"fixed"`` (None: as each file was written); ``codec``:
+        ``"auto"``, ``"zstd"`` or ``"raw"``; None sizes and levels: the store's."""
+        from engine.ops.whatif import what_if
+
+        with damage_boundary(f"what-if replay of the ledger at {self.path}"):
+            return what_if(
+                self,
+                chunking=chunking,
+                chunk_size=chunk_size,
+                codec=codec,
+                level=level,
+                progress=progress,
+            )
 
     def gc(
         self, dry_run: bool = False, *, explain: bool = False, grace: float = 3600.0

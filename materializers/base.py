@@ -91,22 +91,51 @@ class BaseMaterializer:
         return self.files.local_dir()
 
     @overload
-    def open(self, name: str, mode: Literal["r", "w"] = "r") -> IO[str]: ...
+    def open(
+        self,
+        name: str,
+        mode: Literal["r", "w"] = "r",
+        *,
+        itemsize: int = 0,
+        chunking: str | None = None,
+    ) -> IO[str]: ...
     @overload
-    def open(self, name: str, mode: Literal["rb", "wb"]) -> IO[bytes]: ...
-    def open(self, name: str, mode: str = "r") -> IO[Any]:
+    def open(
+        self,
+        name: str,
+        mode: Literal["rb", "wb"],
+        *,
+        itemsize: int = 0,
+        chunking: str | None = None,
+    ) -> IO[bytes]: ...
+    def open(
+        self, name: str, mode: str = "r", *, itemsize: int = 0, chunking: str | None = None
+    ) -> IO[Any]:
         """Open the artifact file ``name`` like the built-in ``open``.
 
         Modes: "r", "w" (UTF-8 text; "\\n" is written as is, reading accepts
         any newline) and "rb", "wb". ``name`` is relative and may contain "/".
         Text writes are buffered (so are the engine's binary ones): the file is
-        complete once closed.
+        complete once closed. Two hints for writes, which file implementations
+        other than the engine's ignore: ``itemsize``, the file holds numbers of
+        that many bytes, aligned on multiples of it in the file (a numpy
+        dtype's ``itemsize``), so the engine may byte-shuffle its chunks before
+        compressing them; ``chunking``, ``"cdc"`` to cut it into
+        content-defined chunks (an insertion or deletion changes only the
+        chunks around it) or ``"fixed"``; None leaves it to the store.
         """
         # The engine's file-handle module loads the chunk machinery: import it only
         # once a file is opened, so ``import materializers`` stays cheap.
-        from engine.storage.files import check_name
+        from engine.storage.files import WriteFiles, check_name
 
         check_name(name)
+        files = self.files
+        if isinstance(files, WriteFiles) and (itemsize > 1 or chunking is not None):
+            if mode == "wb":
+                return files.open_write(name, itemsize=itemsize, chunking=chunking)
+            if mode in ("w", "wt"):
+                raw = files.open_write(name, chunking=chunking)
+                return io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
         if mode in ("rb", "wb"):
             return self.files.open_read(name) if mode == "rb" else self.files.open_write(name)
         if mode in ("r", "rt"):

@@ -191,6 +191,9 @@ class BuiltinsMaterializer(BaseMaterializer):
     )
     ASSOCIATED_ARTIFACT_TYPE: ClassVar[str] = "data"
     VERSION: ClassVar[int] = 1
+    CHUNKING: ClassVar[str | None] = "cdc"
+    """How the engine cuts bytes and packed values (text, lists): content-defined
+    chunks, so an insertion keeps the chunks after it."""
 
     @classmethod
     def can_handle_type(cls, data_type: type) -> bool:
@@ -208,7 +211,7 @@ class BuiltinsMaterializer(BaseMaterializer):
         except _NotPlainError:
             pass
         else:
-            with self.open(DATA_FILE, "wb") as f:
+            with self.open(DATA_FILE, "wb", chunking=self.CHUNKING) as f:
                 f.write(payload)
             return
         kind = type(data)
@@ -235,7 +238,7 @@ class BuiltinsMaterializer(BaseMaterializer):
                     f"{shape} ({e}); save bytes(view) or a numpy array instead."
                 ) from e
             state.update(format=fmt, shape=shape)
-        with self.open(RAW_FILE, "wb") as f:
+        with self.open(RAW_FILE, "wb", chunking=self.CHUNKING) as f:
             f.write(data)  # chunked in place: the value is never copied
         self.files.state.update(state)
 

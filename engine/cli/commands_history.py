@@ -18,6 +18,7 @@ from engine.cli.render import (
     artifacts_table,
     fmt_size,
     fmt_time,
+    new_table,
     plain,
     print_json,
     progress,
@@ -90,11 +91,86 @@ def _as_of_arg(text: str) -> int | _dt.datetime:
     return when
 
 
+_WHAT_IF_KEYS = {"chunking": str, "chunk-size": int, "codec": str, "level": int}
+
+
+def _size_arg(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    scale = units.get(t[-1:], 1)
+    return int(float(t[:-1] if scale > 1 else t) * scale)
+
+
+def _what_if_arg(text: str) -> dict[str, Any]:
+    """``chunking=cdc,chunk-size=1MiB,codec=zstd,level=3`` as what_if's keywords."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or key not in _WHAT_IF_KEYS:
+            raise InvalidArgumentError(
+                f"--what-if {part!r}: give key=value pairs among {', '.join(_WHAT_IF_KEYS)} "
+                "(e.g. chunking=cdc,chunk-size=4MiB,codec=auto,level=3)"
+            )
+        try:
+            out[key.replace("-", "_")] = (
+                _size_arg(value) if key == "chunk-size" else _WHAT_IF_KEYS[key](value)
+            )
+        except ValueError:
+            raise InvalidArgumentError(f"--what-if {part!r}: {value!r} is not a number") from None
+    return out
+
+
+def _what_if(store: Any, spec: str, as_json: bool) -> None:
+    policy = _what_if_arg(spec)
+    with progress("what-if") as update:
+        report = store.what_if(progress=update, **policy)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    p = report.policy
+    table = new_table(
+        f"what-if: chunking {p['chunking']}, chunk size {fmt_size(p['chunk_size'])}, "
+        f"codec {p['codec']}, level {p['level']} (nothing written)",
+        "artifact",
+        "versions",
+        "logical",
+        "stored now",
+        "stored what-if",
+        "change",
+        "dedup now",
+        "dedup what-if",
+        "time",
+    )
+    for n in [*report.names, report.total()]:
+        change = n.stored_what_if / n.stored_now - 1 if n.stored_now else 0.0
+        table.add_row(
+            n.name,
+            str(n.versions),
+            fmt_size(n.logical),
+            fmt_size(n.stored_now),
+            fmt_size(n.stored_what_if),
+            f"{change:+.1%}",
+            f"{n.dedup_now:.2f}x",
+            f"{n.dedup_what_if:.2f}x",
+            f"{n.seconds:.2f} s",
+        )
+    stdout().print(table)
+    if report.skipped:
+        stdout().print(f"{report.skipped} deleted versions skipped: their chunks are collected")
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
-    if not (args.rebuild or args.as_of or args.into):
-        stderr().print("artledger replay: give --rebuild, --as-of SEQ|ISO-TIME and/or --into DIR")
+    if not (args.rebuild or args.as_of or args.into or args.what_if):
+        stderr().print(
+            "artledger replay: give --rebuild, --as-of SEQ|ISO-TIME, --into DIR "
+            "and/or --what-if POLICY"
+        )
         return EXIT_USAGE
+    if args.what_if:
+        _what_if_arg(args.what_if)  # a bad policy fails before the store is opened
     with open_store(args) as store:
+        if args.what_if:
+            _what_if(store, args.what_if, args.json)
         if args.rebuild:
             head = store.head
             t0 = time.perf_counter()
@@ -179,3 +255,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sp.add_argument("--rebuild", action="store_true", help="drop and refold every projection")
     sp.add_argument("--as-of", metavar="SEQ|ISO-TIME", help="the catalog as of an event or a time")
     sp.add_argument("--into", metavar="DIR", help="a new store holding history up to --as-of")
+    sp.add_argument(
+        "--what-if",
+        metavar="POLICY",
+        help="re-chunk and re-compress the whole history in memory, writing nothing, and "
+        "report stored bytes per artifact name: chunking=cdc|fixed,chunk-size=4MiB,"
+        "codec=auto|zstd|raw,level=3 (any subset)",
+    )

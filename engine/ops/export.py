@@ -197,6 +197,6 @@ def _exportmanifests(
                     report.chunk_bytes += len(chunk)
                 emitted[digest] = key
             keys.append(key)
-        return [frec[0], frec[1], frec[2], keys]
+        return [frec[0], frec[1], frec[2], keys, *frec[4:]]  # and its layout, if any
 
     return map_manifests(data, convert)

@@ -29,9 +29,13 @@ class Rechunker:
         self.source = source
         self.chunk_size = chunk_size
         self.digests: dict[Spec, bytes] = {}  # spec -> destination digest
+        self.itemsize: dict[Spec, int] = {}  # spec -> its file's element-size hint
 
     def specs(self, entry: FileEntry) -> Iterator[Spec]:
         """The destination chunks of ``entry``, in order (arithmetic only)."""
+        if entry.cut == "cdc":  # content-defined chunks are kept as they were cut
+            yield from entry.chunks
+            return
         cs = self.chunk_size
         lengths = self.source.chunks
         pieces: list[tuple[bytes, int, int]] = []
@@ -55,8 +59,10 @@ class Rechunker:
 
     def write(self, entries: Iterable[FileEntry]) -> None:
         """Write every destination chunk of ``entries`` not written yet."""
-        for spec, digest in self.session.put_chunks(self._new(entries)):
+        hint = self.itemsize.get
+        for spec, digest in self.session.put_chunks(self._new(entries), lambda s: hint(s, 0)):
             self.digests[spec] = digest
+            self.itemsize.pop(spec, None)
 
     def _new(self, entries: Iterable[FileEntry]) -> Iterator[tuple[Spec, Any]]:
         for entry in entries:
@@ -64,6 +70,8 @@ class Rechunker:
                 if spec in self.digests:
                     continue
                 self.digests[spec] = b""  # in flight; filled in by write()
+                if entry.itemsize > 1:
+                    self.itemsize[spec] = entry.itemsize
                 yield spec, self._bytes(spec)
 
     def _bytes(self, spec: Spec) -> Any:
@@ -85,7 +93,7 @@ class Rechunker:
             if not digest:
                 raise bad(self.source.path, f"file {entry.name!r} changed while being imported")
             out.append(digest)
-        return [entry.name, entry.size, entry.hash, out]
+        return FileEntry(entry.name, entry.size, entry.hash, out, entry.layout).to_record()
 
 
 def _spec(pieces: list[tuple[bytes, int, int]], lengths: dict[bytes, tuple[int, int]]) -> Spec:

@@ -57,6 +57,7 @@ from engine.ops.stream import (
     unpack_map,
 )
 from engine.projections.keys import MAX_VERSION, MIN_VERSION
+from engine.storage.chunk_records import check_layout
 from engine.storage.chunks import FileEntry, content_hash
 from engine.storage.files import check_name, tree_clash
 from engine.storage.log import Event, pack
@@ -318,9 +319,10 @@ class _Validator:
 
     def _file(self, where: str, frec: Any) -> FileEntry:
         path = self.path
-        if not (isinstance(frec, list) and len(frec) == 4):
+        if not (isinstance(frec, list) and len(frec) in (4, 5)):
             raise bad(path, f"{where} has a malformed manifest entry")
-        name, size, fhash, keys = frec
+        name, size, fhash, keys = frec[:4]
+        layout = frec[4] if len(frec) == 5 else None
         if not isinstance(name, str):
             raise bad(path, f"{where} has a non-string file name")
         try:
@@ -337,7 +339,10 @@ class _Validator:
             isinstance(k, bytes) and len(k) == 16 for k in keys
         ):
             raise bad(path, f"{where} file {name!r} has malformed chunk keys")
-        entry = FileEntry(name, size, fhash, keys)
+        problem = None if layout is None else check_layout(layout)
+        if problem is not None:
+            raise bad(path, f"{where} file {name!r}: {problem}")
+        entry = FileEntry(name, size, fhash, keys, layout or None)
         self._held(where, entry)
         return entry
 

@@ -20,24 +20,24 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import msgpack
 import xxhash
 
 from engine.errors import IntegrityError
 from engine.storage.blobs import BlobStore, Location
+from engine.storage.cdc import CDC, FIXED, STRATEGIES, Cutter
+from engine.storage.chunk_reader import ChunkReader
+from engine.storage.chunk_records import ChunkRecord, FileEntry, content_hash
 from engine.storage.codecs import (
     CODEC_RAW,
     MIN_SAVING,
     RAW,
     ZSTD,
     CodecError,
+    choose,
     codec,
-    worth_compressing,
 )
-from engine.storage.damage import DECODE_ERRORS
 from engine.storage.kv import KV
 
 __all__ = [
@@ -54,62 +54,9 @@ __all__ = [
 
 INLINE_MAX = 2048
 INLINE_POOL_MAX = 64 << 10  # chunks this small are encoded in the writing thread
+HASH_IN_POOL = 1 << 20  # content-defined writes this large hash the file in the pool
 
 T = TypeVar("T")
-
-
-@dataclass
-class FileEntry:
-    """One file of an artifact: its name, size, unseeded xxh3-128 and chunk digests."""
-
-    name: str
-    size: int
-    hash: str
-    chunks: list[bytes]
-
-    def to_record(self) -> list[Any]:
-        return [self.name, self.size, self.hash, self.chunks]
-
-    @classmethod
-    def from_record(cls, rec: list[Any]) -> FileEntry:
-        return cls(rec[0], rec[1], rec[2], list(rec[3]))
-
-
-def content_hash(files: list[FileEntry]) -> str:
-    """The portable identity of an artifact's data: xxh3-128 (unseeded) over
-    the sorted (name, size, file hash) triples."""
-    triples = sorted((f.name, f.size, f.hash) for f in files)
-    return xxhash.xxh3_128(msgpack.packb(triples, use_bin_type=True)).hexdigest()
-
-
-PREFETCH_WINDOW = 16  # chunks a remote backend is asked to fetch ahead of the reads
-
-
-@dataclass
-class ChunkRecord:
-    """What the chunk index keeps for one digest."""
-
-    codec: int
-    raw_len: int
-    loc: Location | None
-    inline: bytes | None = None
-
-    @property
-    def stored_len(self) -> int:
-        return len(self.inline) if self.inline is not None else self.loc.length  # type: ignore[union-attr]
-
-    def pack(self) -> bytes:
-        return msgpack.packb([self.codec, self.raw_len, self.loc, self.inline], use_bin_type=True)  # type: ignore[no-any-return]
-
-    @classmethod
-    def unpack(cls, raw: bytes) -> ChunkRecord:
-        try:
-            codec, raw_len, loc, inline = msgpack.unpackb(raw, raw=False)
-        except DECODE_ERRORS as e:
-            raise IntegrityError(
-                f"a chunk index record is damaged ({type(e).__name__}: {e}); run `artledger verify`"
-            ) from e
-        return cls(codec, raw_len, None if loc is None else Location.from_record(loc), inline)
 
 
 class ChunkStore:
@@ -124,8 +71,11 @@ class ChunkStore:
         chunk_size: int = 4 << 20,
         level: int = 3,
         workers: int = 2,
+        chunking: str = FIXED,
     ) -> None:
         self.kv = kv
+        self.chunking = chunking
+        """How files without a hint are cut: ``"fixed"`` (``chunk_size`` each) or ``"cdc"``."""
         self.blobs = blobs
         self.seed = seed
         self.chunk_size = chunk_size
@@ -213,16 +163,20 @@ class WriteSession:
     def _known(self, digest: bytes) -> bool:
         return digest in self.new or self.store.lookup(digest) is not None
 
-    def _encode(self, chunk: memoryview) -> tuple[bytes, int, Any, int]:
+    def _encode(self, chunk: memoryview, itemsize: int = 0) -> tuple[bytes, int, Any, int]:
+        """Hash ``chunk`` and, when new, encode it under the codec the sample test
+        picks (``itemsize``: the element size of the numbers it holds, 0 if none)."""
         store = self.store
         digest = store.digest(chunk)
         n = len(chunk)
         if self._known(digest):
             return digest, -1, None, n
-        if store.level > 0 and (n <= INLINE_MAX or worth_compressing(chunk)):
-            packed = ZSTD.encode(chunk, store.level)
-            if len(packed) < n * MIN_SAVING:
-                return digest, ZSTD.id, packed, n
+        if store.level > 0:
+            pick = ZSTD if n <= INLINE_MAX else choose(chunk, itemsize)
+            if pick is not RAW:
+                packed = pick.encode(chunk, store.level)
+                if len(packed) < n * MIN_SAVING:
+                    return digest, pick.id, packed, n
         return digest, RAW.id, RAW.encode(chunk, store.level), n
 
     def _store(self, result: tuple[bytes, int, Any, int]) -> bytes:
@@ -261,26 +215,41 @@ class WriteSession:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def put_chunks(self, chunks: Iterable[tuple[T, Any]]) -> Iterator[tuple[T, bytes]]:
+    def put_chunks(
+        self, chunks: Iterable[tuple[T, Any]], itemsize: Callable[[T], int] | None = None
+    ) -> Iterator[tuple[T, bytes]]:
         """Hash, compress and store each ``(tag, bytes)`` chunk, several at once in
-        the pool (a bounded window in flight); yields ``(tag, digest)`` in order."""
+        the pool (a bounded window in flight); yields ``(tag, digest)`` in order.
+        ``itemsize(tag)``, when given, is the chunk's element-size hint."""
         window = max(2, self.store.workers * 2)
         inflight: deque[tuple[T, Future[tuple[bytes, int, Any, int]]]] = deque()
         for tag, data in chunks:
             mv = memoryview(data)
+            k = 0 if itemsize is None else itemsize(tag)
             if not inflight and len(mv) <= INLINE_POOL_MAX:
-                yield tag, self._store(self._encode(mv))
+                yield tag, self._store(self._encode(mv, k))
                 continue
             while len(inflight) >= window:
                 done, job = inflight.popleft()
                 yield done, self._store(job.result())
-            inflight.append((tag, self.store.pool.submit(self._encode, mv)))
+            inflight.append((tag, self.store.pool.submit(self._encode, mv, k)))
         while inflight:
             done, job = inflight.popleft()
             yield done, self._store(job.result())
 
-    def writer(self, name: str, on_close: Callable[[FileEntry], None]) -> ChunkWriter:
-        return ChunkWriter(self, name, on_close)
+    def writer(
+        self,
+        name: str,
+        on_close: Callable[[FileEntry], None],
+        *,
+        itemsize: int = 0,
+        chunking: str | None = None,
+    ) -> ChunkWriter:
+        """A writer for file ``name``. ``itemsize`` > 1 says the file holds numbers
+        of that many bytes (aligned in the file), so their chunks may be
+        shuffled; ``chunking`` is ``"fixed"`` or ``"cdc"`` (content-defined),
+        ``None`` for the store's default."""
+        return ChunkWriter(self, name, on_close, itemsize=itemsize, chunking=chunking)
 
     def index_entries(self) -> dict[bytes, ChunkRecord]:
         return self.new
@@ -289,9 +258,22 @@ class WriteSession:
 class ChunkWriter(io.RawIOBase):
     """A writable binary file that streams into chunks; ``close`` finishes it."""
 
-    def __init__(self, session: WriteSession, name: str, on_close: Callable[[FileEntry], None]):
+    def __init__(
+        self,
+        session: WriteSession,
+        name: str,
+        on_close: Callable[[FileEntry], None],
+        *,
+        itemsize: int = 0,
+        chunking: str | None = None,
+    ):
         super().__init__()
         self._s = session
+        self._itemsize = itemsize
+        chunking = chunking or session.store.chunking
+        if chunking not in STRATEGIES:
+            raise ValueError(f"unknown chunking {chunking!r}; use one of {STRATEGIES}")
+        self._cutter = Cutter(session.store.chunk_size, itemsize) if chunking == CDC else None
         self.name = name
         self._on_close = on_close
         self._cs = session.store.chunk_size
@@ -309,11 +291,11 @@ class ChunkWriter(io.RawIOBase):
     def _submit(self, chunk: memoryview) -> None:
         if not self._inflight and len(chunk) <= INLINE_POOL_MAX:
             # Small chunks: a thread hop costs more than the work.
-            self._digests.append(self._s._store(self._s._encode(chunk)))
+            self._digests.append(self._s._store(self._s._encode(chunk, self._itemsize)))
             return
         while len(self._inflight) >= self._window:
             self._digests.append(self._s._store(self._inflight.popleft().result()))
-        self._inflight.append(self._s.store.pool.submit(self._s._encode, chunk))
+        self._inflight.append(self._s.store.pool.submit(self._s._encode, chunk, self._itemsize))
 
     def _drain(self) -> None:
         while self._inflight:
@@ -329,8 +311,21 @@ class ChunkWriter(io.RawIOBase):
         n = len(mv)
         if not n:
             return 0
-        self._hash.update(mv)
         self._size += n
+        if self._cutter is not None:
+            # The file's hash runs in the pool while the main thread cuts (both
+            # release the GIL); it is done before the caller gets its buffer back.
+            big = n >= HASH_IN_POOL
+            job = self._s.store.pool.submit(self._hash.update, mv) if big else None
+            if job is None:
+                self._hash.update(mv)
+            try:
+                self._write_cdc(mv)
+            finally:
+                if job is not None:
+                    job.result()
+            return n
+        self._hash.update(mv)
         cs = self._cs
         pos = 0
         if self._buf:
@@ -352,148 +347,59 @@ class ChunkWriter(io.RawIOBase):
             self._buf += mv[pos:]
         return n
 
+    def _write_cdc(self, mv: memoryview) -> None:
+        """Content-defined chunks: bytes are gathered (at most two maximum chunks)
+        until the cutter finds boundaries; a large write is cut in place, and
+        the piece after its last boundary is carried to the next write."""
+        cutter = self._cutter
+        assert cutter is not None
+        window = 2 * cutter.max_size
+        pos, n = 0, len(mv)
+        while pos < n:
+            if not self._buf and n - pos >= window:
+                view = mv[pos:]
+                start = self._cut(cutter, view, final=False)
+                self._drain()  # the caller may reuse its buffer once this returns
+                self._buf = bytearray(view[start:])
+                return
+            take = min(n - pos, window - len(self._buf))
+            self._buf += mv[pos : pos + take]
+            pos += take
+            if len(self._buf) < window:
+                return
+            buf, self._buf = self._buf, bytearray()
+            start = self._cut(cutter, memoryview(buf), final=False)
+            back = len(buf) - start
+            if back <= take:
+                pos -= back  # the unfinished piece is the caller's: re-read it in place
+            else:
+                self._buf = buf[start:]
+
+    def _cut(self, cutter: Cutter, view: memoryview, final: bool) -> int:
+        """Submit the chunks ``cutter`` finds in ``view``; where the rest begins."""
+        start = 0
+        for end in cutter.cuts(view, final):
+            self._submit(view[start:end])
+            start = end
+        return start
+
     def close(self) -> None:
         if self.closed:
             return
         try:
-            if self._buf:
+            if self._buf and self._cutter is not None:
+                self._cut(self._cutter, memoryview(bytes(self._buf)), final=True)
+                self._buf = bytearray()
+            elif self._buf:
                 self._submit(memoryview(bytes(self._buf)))
                 self._buf = bytearray()
             self._drain()
-            self.entry = FileEntry(self.name, self._size, self._hash.hexdigest(), self._digests)
+            layout: dict[str, Any] = {"itemsize": self._itemsize} if self._itemsize > 1 else {}
+            if self._cutter is not None:
+                layout["cut"] = CDC
+            self.entry = FileEntry(
+                self.name, self._size, self._hash.hexdigest(), self._digests, layout or None
+            )
             self._on_close(self.entry)
         finally:
             super().close()
-
-
-class ChunkReader(io.RawIOBase):
-    """A seekable binary reader over one stored file; every chunk is verified."""
-
-    def __init__(self, store: ChunkStore, entry: FileEntry, label: str) -> None:
-        super().__init__()
-        self._store = store
-        self.entry = entry
-        self.label = label
-        self._pos = 0
-        self._recs: list[ChunkRecord] = []
-        self._starts: list[int] = []
-        with store.kv.snapshot() as txn:
-            off = 0
-            for d in entry.chunks:
-                raw = txn.get("chunks", d)
-                if raw is None:
-                    raise IntegrityError(
-                        f"{label}: chunk {d.hex()} is missing (deleted or collected); "
-                        "run `artledger verify`"
-                    )
-                rec = ChunkRecord.unpack(raw)
-                self._recs.append(rec)
-                self._starts.append(off)
-                off += rec.raw_len
-        if off != entry.size:
-            raise IntegrityError(
-                f"{label}: chunks add up to {off} bytes but the manifest says {entry.size}"
-            )
-        self._cache_i = -1
-        self._cache = bytearray()
-        if len(self._recs) > 1:  # a remote backend fetches ahead while the header is read
-            first = self._recs[:PREFETCH_WINDOW]
-            store.blobs.prefetch([r.loc for r in first if r.loc is not None])
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if whence == 0:
-            pos = offset
-        elif whence == 1:
-            pos = self._pos + offset
-        else:
-            pos = self.entry.size + offset
-        if pos < 0:
-            raise ValueError("negative seek position")
-        self._pos = pos
-        return pos
-
-    def _chunk_at(self, pos: int) -> int:
-        import bisect
-
-        return bisect.bisect_right(self._starts, pos) - 1
-
-    def readinto(self, b: Any) -> int:
-        """Fill ``b`` from the current position. Whole chunks are decoded straight
-        into ``b`` (no copy), in parallel when there are several."""
-        out = memoryview(b).cast("B")
-        want = len(out)
-        done = 0
-        size = self.entry.size
-        direct: list[tuple[int, memoryview]] = []
-        while done < want and self._pos < size:
-            i = self._chunk_at(self._pos)
-            rec = self._recs[i]
-            inner = self._pos - self._starts[i]
-            room = want - done
-            if inner == 0 and room >= rec.raw_len and self._cache_i != i:
-                direct.append((i, out[done : done + rec.raw_len]))
-                n = rec.raw_len
-            else:
-                if self._cache_i != i:
-                    if len(self._cache) != rec.raw_len:
-                        self._cache = bytearray(rec.raw_len)
-                    self._cache_i = -1
-                    self._store.decode_into(
-                        self.entry.chunks[i], rec, memoryview(self._cache), self.label
-                    )
-                    self._cache_i = i
-                n = min(room, rec.raw_len - inner)
-                out[done : done + n] = memoryview(self._cache)[inner : inner + n]
-            done += n
-            self._pos += n
-        self._decode_all(direct)
-        return done
-
-    def _decode_all(self, jobs: list[tuple[int, memoryview]]) -> None:
-        def one(job: tuple[int, memoryview]) -> None:
-            i, target = job
-            self._store.decode_into(self.entry.chunks[i], self._recs[i], target, self.label)
-
-        blobs = self._store.blobs
-        parts = [jobs[k : k + PREFETCH_WINDOW] for k in range(0, len(jobs), PREFETCH_WINDOW)]
-
-        def locs(part: list[tuple[int, memoryview]]) -> list[Location]:
-            return [r.loc for r in (self._recs[i] for i, _ in part) if r.loc is not None]
-
-        # A remote backend fetches the next window's payloads while this one decodes.
-        if len(jobs) > 1 and parts:
-            blobs.prefetch(locs(parts[0]))
-        for n, part in enumerate(parts):
-            if n + 1 < len(parts):
-                blobs.prefetch(locs(parts[n + 1]))
-            if len(part) < 2 or self._store.workers < 2:
-                for job in part:
-                    one(job)
-            else:
-                # Reads and hashing release the GIL: decode several chunks at once.
-                for _ in self._store.pool.map(one, part):
-                    pass
-
-    def readall(self) -> bytes:
-        remaining = max(0, self.entry.size - self._pos)
-        buf = bytearray(remaining)
-        n = self.readinto(buf)
-        del buf[n:]
-        return bytes(buf)
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            return self.readall()
-        buf = bytearray(min(size, max(0, self.entry.size - self._pos)))
-        n = self.readinto(buf)
-        del buf[n:]
-        return bytes(buf)

@@ -6,6 +6,13 @@ reversible pair ``encode``/``decode``. :data:`CODECS` is the registry by id;
 :func:`codec` looks one up. ``identity`` marks the codec whose stored payload
 is the chunk itself, so a reader may copy it straight from the blob store.
 
+Codecs: ``raw`` (0), ``zstd`` (1), and ``shuffle+zstd`` for numeric arrays,
+one id per element size (2, 4, 8, 16 bytes: the id *is* the element size):
+the chunk's bytes are regrouped by significance (every element's first byte,
+then every second byte, ...) before zstd, which makes the slowly varying high
+bytes of numbers into long runs. :func:`choose` picks one per chunk from a
+small sample.
+
 Decoding damaged bytes raises :class:`CodecError` (not an ``ArtledgerError``:
 the chunk store turns it into an ``IntegrityError`` naming the artifact).
 """
@@ -22,6 +29,13 @@ CODEC_RAW = 0
 CODEC_ZSTD = 1
 SAMPLE = 32 << 10
 MIN_SAVING = 0.9  # store raw when compressed/raw is above this
+SHUFFLE_MIN_CHUNK = 128 << 10
+"""Chunks smaller than this are never shuffled: judging them costs a second
+compression of the whole chunk, for a saving of a few KiB at most."""
+SHUFFLE_MIN_SAVING = 0.8
+"""Shuffle only when the sample shrinks below this: a shuffled chunk loads
+through a scratch buffer (not straight into the array), which a saving of
+10-20% on noise-like floats does not pay for."""
 
 
 class CodecError(Exception):
@@ -121,9 +135,62 @@ class ZstdCodec(Codec):
         return out
 
 
+def _shuffled(data: Any, k: int) -> bytes:
+    """``data``'s whole elements regrouped by byte significance, then its tail as is."""
+    import numpy as np  # only once a numeric array is stored: opening a store stays light
+
+    mv = memoryview(data).cast("B")
+    body = len(mv) - len(mv) % k
+    grouped = np.frombuffer(mv[:body], np.uint8).reshape(-1, k).T.tobytes()
+    return grouped + bytes(mv[body:]) if body < len(mv) else grouped
+
+
+@dataclass(frozen=True)
+class ShuffleZstdCodec(ZstdCodec):
+    """Bytes grouped by significance for elements of ``itemsize`` bytes, then zstd.
+
+    Decoding needs one chunk-sized scratch buffer (zstd decodes into it, the
+    unshuffle writes the caller's buffer), so it is not zero-copy.
+    """
+
+    itemsize: int = 1
+
+    def encode(self, data: Any, level: int) -> bytes:
+        return _cctx(level).compress(_shuffled(data, self.itemsize))
+
+    def decode_into(self, payload: Any, out: memoryview) -> int:
+        scratch = bytearray(len(out))
+        got = super().decode_into(payload, memoryview(scratch))
+        if got != len(out):
+            return got
+        import numpy as np
+
+        k = self.itemsize
+        body = got - got % k
+        target = np.frombuffer(out, np.uint8)
+        source = np.frombuffer(scratch, np.uint8)
+        # One byte plane at a time: 3.4 GB/s, where one transposed copy ran at
+        # 0.6 (2-byte elements) to 1.9 GB/s (8-byte).
+        rows, planes = target[:body].reshape(-1, k), source[:body].reshape(k, -1)
+        for j in range(k):
+            rows[:, j] = planes[j]
+        target[body:] = source[body:]
+        return got
+
+    def decode(self, payload: bytes, raw_len: int) -> bytes:
+        out = bytearray(raw_len)
+        if self.decode_into(payload, memoryview(out)) != raw_len:
+            raise CodecError(f"{self.name} payload does not hold {raw_len} bytes")
+        return bytes(out)
+
+
 RAW = RawCodec(CODEC_RAW, "raw", identity=True)
 ZSTD = ZstdCodec(CODEC_ZSTD, "zstd")
-CODECS: dict[int, Codec] = {c.id: c for c in (RAW, ZSTD)}
+SHUFFLES: dict[int, ShuffleZstdCodec] = {
+    k: ShuffleZstdCodec(k, f"shuffle{k}+zstd", itemsize=k) for k in (2, 4, 8, 16)
+}
+"""The shuffle codecs by element size (each one's id is its element size)."""
+CODECS: dict[int, Codec] = {c.id: c for c in (RAW, ZSTD, *SHUFFLES.values())}
 """Every codec by id."""
 
 
@@ -135,13 +202,41 @@ def codec(codec_id: int) -> Codec:
     return found
 
 
-def worth_compressing(chunk: memoryview) -> bool:
-    """Whether zstd is likely to save at least ~10%, judged from three samples."""
+def _sample(chunk: memoryview, align: int = 1) -> bytes:
+    """Three 32 KiB slices of ``chunk`` (start, middle, end), each starting on a
+    multiple of ``align``; the whole chunk when it is small."""
     n = len(chunk)
     if n <= 3 * SAMPLE:
-        sample = bytes(chunk)
-    else:
-        mid = n // 2
-        sample = b"".join((chunk[:SAMPLE], chunk[mid : mid + SAMPLE], chunk[n - SAMPLE :]))
+        return bytes(chunk)
+    mid = n // 2 - n // 2 % align
+    end = n - n % align
+    return b"".join((chunk[:SAMPLE], chunk[mid : mid + SAMPLE], chunk[end - SAMPLE : end]))
+
+
+def worth_compressing(chunk: memoryview) -> bool:
+    """Whether zstd is likely to save at least ~10%, judged from three samples."""
+    sample = _sample(chunk)
     packed = ZSTD.encode(sample, 1)
     return len(packed) < len(sample) * MIN_SAVING
+
+
+def choose(chunk: memoryview, itemsize: int = 0) -> Codec:
+    """The codec likely to store ``chunk`` best, judged from three samples at
+    zstd level 1: ``raw`` when neither zstd nor (for an ``itemsize`` with a
+    shuffle codec) shuffle+zstd saves ~10%, else the smaller of the two.
+
+    Shuffling must also beat :data:`SHUFFLE_MIN_SAVING`, on a chunk of at
+    least :data:`SHUFFLE_MIN_CHUNK`. Costs one level-1
+    compression of 96 KiB per candidate, a few percent of compressing a 4 MiB
+    chunk. Shuffling loses to plain zstd on numbers with repeated byte
+    patterns (floats rounded to decimals), which is why it is judged, not
+    assumed."""
+    shuffle = SHUFFLES.get(itemsize) if len(chunk) >= SHUFFLE_MIN_CHUNK else None
+    sample = _sample(chunk, itemsize if shuffle is not None else 1)
+    best: Codec = ZSTD
+    size = len(ZSTD.encode(sample, 1))
+    if shuffle is not None:
+        shuffled = len(shuffle.encode(sample, 1))
+        if shuffled < size and shuffled < len(sample) * SHUFFLE_MIN_SAVING:
+            best, size = shuffle, shuffled
+    return best if size < len(sample) * MIN_SAVING else RAW

@@ -129,9 +129,15 @@ class WriteFiles(Signer):
     def _full(self, name: str) -> str:
         return check_name(self._prefix + check_name(name))
 
-    def open_write(self, name: str) -> IO[bytes]:
+    def open_write(self, name: str, *, itemsize: int = 0, chunking: str | None = None) -> IO[bytes]:
         """A buffered binary writer (``WRITE_BUFFER``); writes at least that large
-        go straight to the chunk writer. Closing it ingests the file."""
+        go straight to the chunk writer. Closing it ingests the file.
+
+        ``itemsize`` (a hint, e.g. a numpy dtype's) says the file holds numbers
+        of that many bytes at offsets that are multiples of it, so its chunks
+        may be stored byte-shuffled when a sample says that pays. ``chunking``
+        (``"fixed"`` or ``"cdc"``, None: the store's default) is how it is cut
+        into chunks."""
         full = self._full(name)
         if full in self.entries:
             raise MaterializerError(f"artifact file {full!r} was written twice")
@@ -139,7 +145,8 @@ class WriteFiles(Signer):
         def done(entry: FileEntry) -> None:
             self.entries[full] = entry
 
-        return io.BufferedWriter(self._session.writer(full, done), WRITE_BUFFER)
+        raw = self._session.writer(full, done, itemsize=itemsize, chunking=chunking)
+        return io.BufferedWriter(raw, WRITE_BUFFER)
 
     def open_read(self, name: str) -> IO[bytes]:
         full = self._full(name)
