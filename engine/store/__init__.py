@@ -34,17 +34,15 @@ from engine.projections.records import damage_boundary
 from engine.query.catalog import Catalog
 from engine.query.models import ArtifactVersion, Run, StepRun
 from engine.storage.log import Event
+from engine.store.defaults import DEFAULT_DIR, default_path
+from engine.store.transfer import Transfers
 
 if TYPE_CHECKING:
     from engine.ops.maintenance import GcReport, VerifyReport
     from engine.ops.recover import RecoverReport
-    from engine.ops.transfer import ExportReport, ImportReport
-    from engine.ops.whatif import WhatIfReport
-    from engine.ops.zenml_import import ZenMLImportReport
     from engine.query.history import HistoricalView
     from engine.query.lineage import LineageGraph
 
-DEFAULT_DIR = ".artledger"
 
 __all__ = [
     "DEFAULT_DIR",
@@ -54,12 +52,7 @@ __all__ = [
 ]
 
 
-def default_path() -> Path:
-    """``$ARTLEDGER_STORE``, else ``./.artledger``."""
-    return Path(os.environ.get("ARTLEDGER_STORE") or DEFAULT_DIR)
-
-
-class Store:
+class Store(Transfers):
     """An artledger store: the event log, the chunk store and the projections.
 
     Open with :meth:`Store.open` (LMDB and pack files on disk) or
@@ -389,32 +382,6 @@ class Store:
             self.ledger.check_writable("fix what verify finds")
         return verify_isolated(self, progress=progress, fix=fix, isolate=isolate)
 
-    def what_if(
-        self,
-        *,
-        chunking: str | None = None,
-        chunk_size: int | None = None,
-        codec: str = "auto",
-        level: int | None = None,
-        progress: Callable[[str, int, int], None] | None = None,
-    ) -> WhatIfReport:
-        """Re-chunk and re-compress the whole history in memory under a policy,
-        writing nothing: stored bytes, dedup ratio and time per artifact name,
-        against what the store holds (``engine.ops.whatif``). ``chunking``:
-        ``"cdc"``/``"fixed"`` (None: as each file was written); ``codec``:
-        ``"auto"``, ``"zstd"`` or ``"raw"``; None sizes and levels: the store's."""
-        from engine.ops.whatif import what_if
-
-        with damage_boundary(f"what-if replay of the ledger at {self.path}"):
-            return what_if(
-                self,
-                chunking=chunking,
-                chunk_size=chunk_size,
-                codec=codec,
-                level=level,
-                progress=progress,
-            )
-
     def gc(
         self, dry_run: bool = False, *, explain: bool = False, grace: float = 3600.0
     ) -> GcReport:
@@ -428,70 +395,6 @@ class Store:
             self.ledger.check_writable("collect garbage")
         with damage_boundary(f"gc on the ledger at {self.path}"):
             return gc(self, dry_run=dry_run, explain=explain, grace=grace)
-
-    def export(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        names: Iterable[str] | None = None,
-        progress: Callable[[str, int, int], None] | None = None,
-    ) -> ExportReport:
-        """Write a portable, checksummed stream of the log and its chunks to
-        ``path`` (with ``names``: those artifacts, their upstream lineage and
-        the runs that made them). Format: ``engine.ops.transfer``."""
-        from engine.ops.transfer import export_stream
-
-        with damage_boundary(f"export of the ledger at {self.path}"):
-            return export_stream(
-                self, path, names=None if names is None else list(names), progress=progress
-            )
-
-    @classmethod
-    def import_(
-        cls,
-        path: str | os.PathLike[str],
-        into: Store | str | os.PathLike[str] | None = None,
-        trust_pickles: bool = False,
-        *,
-        progress: Callable[[str, int, int], None] | None = None,
-    ) -> ImportReport:
-        """Validate the stream at ``path`` completely, then import it into
-        ``into`` (a store, or a path opened like :meth:`open`) all-or-nothing.
-        Imported pickles stay untrusted unless ``trust_pickles``; a store this
-        created is removed again when the import is refused."""
-        from engine.ops.transfer import import_into, import_stream
-
-        if isinstance(into, Store):
-            into.ledger.check_writable("import")
-            return import_stream(into, path, trust_pickles=trust_pickles, progress=progress)
-        root = (Path(into) if into is not None else default_path()).expanduser()
-        return import_into(cls, path, root, trust_pickles=trust_pickles, progress=progress)
-
-    def import_zenml(
-        self,
-        source: str | os.PathLike[str],
-        *,
-        artifact_store: str | os.PathLike[str] | None = None,
-        dry_run: bool = False,
-        trust_pickles: bool = False,
-        progress: Callable[[str, int, int], None] | None = None,
-    ) -> ZenMLImportReport:
-        """Import a ZenML local deployment (its config directory or ``zenml.db``):
-        runs, step runs, artifact versions and lineage, one commit per run;
-        idempotent and resumable. See ``engine.ops.zenml_import``."""
-        from engine.ops.zenml_import import import_zenml
-
-        if not dry_run:
-            self.ledger.check_writable("import from ZenML")
-        with damage_boundary(f"the ledger at {self.path}"):
-            return import_zenml(
-                self,
-                Path(source),
-                artifact_store=artifact_store,
-                dry_run=dry_run,
-                trust_pickles=trust_pickles,
-                progress=progress,
-            )
 
     def as_of(self, when: Any) -> HistoricalView:
         """A read-only view of the store as it was after event ``when`` (a
