@@ -226,6 +226,13 @@ def measure(client: Client, objects: list[bytes], small: int, concurrency: int, 
     )
 
 
+def available() -> list[str]:
+    """The clients installed here (s3fs is optional: ``pip install s3fs`` to compare it)."""
+    import importlib.util
+
+    return [name for name in CLIENTS if importlib.util.find_spec(name) is not None]
+
+
 def run(
     env: dict[str, str],
     bucket: str,
@@ -239,7 +246,7 @@ def run(
     blobs = [os.urandom(CHUNK) for _ in range(objects)]
     run_id = f"bench-{os.getpid()}-{time.time_ns()}"
     rows = []
-    for name in clients or list(CLIENTS):
+    for name in clients or available():
         client = CLIENTS[name](env, bucket, concurrency)
         rows.append(measure(client, blobs, small, concurrency, run_id))
     return rows
