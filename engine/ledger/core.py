@@ -74,6 +74,13 @@ class NoFormatError(LedgerDamagedError):
 class _ChunkGoneError(Exception):
     """A chunk found during dedup was collected before the commit."""
 
+    def error(self, what: str) -> ConcurrentGcError:
+        """What the caller of the write is told."""
+        return ConcurrentGcError(
+            f"chunk {self.args[0].hex()} was collected by a concurrent gc while {what} "
+            "was in progress; nothing was committed, retry"
+        )
+
 
 def retry_on_concurrent_gc(write: Callable[[], T]) -> T:
     """Run ``write`` (which prepares and commits from scratch); once more if a
@@ -358,10 +365,7 @@ class Ledger:
         try:
             return self.kv.write(fn)
         except _ChunkGoneError as e:
-            raise ConcurrentGcError(
-                f"chunk {e.args[0].hex()} was collected by a concurrent gc while {what} "
-                "was in progress; nothing was committed, retry"
-            ) from None
+            raise e.error(what) from None
 
     def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Drop every projection and fold the whole log again; events folded."""
@@ -410,7 +414,13 @@ def _index(txn: Txn, session: WriteSession) -> None:
             raise _ChunkGoneError(digest)
         txn.put("chunks", digest, rec.pack())
         added += rec.stored_len
-    if added:
-        raw = txn.get("meta", b"stored_bytes")
-        total = (0 if raw is None else int.from_bytes(raw, "big")) + added
-        txn.put("meta", b"stored_bytes", total.to_bytes(8, "big"))
+    add_stored_bytes(txn, added)
+
+
+def add_stored_bytes(txn: Txn, delta: int) -> None:
+    """Move the store's stored-bytes count (``meta``) by ``delta``, never below 0."""
+    if not delta:
+        return
+    raw = txn.get("meta", b"stored_bytes")
+    total = (0 if raw is None else int.from_bytes(raw, "big")) + delta
+    txn.put("meta", b"stored_bytes", max(total, 0).to_bytes(8, "big"))

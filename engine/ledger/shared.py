@@ -29,12 +29,13 @@ from itertools import islice
 from typing import Any, TypeVar
 
 from engine import failpoints
-from engine.errors import ConcurrentGcError, IntegrityError, SharedStoreUnavailableError
+from engine.errors import IntegrityError, SharedStoreUnavailableError
 from engine.ledger.core import (
     Ledger,
     SyncStatus,
     _ChunkGoneError,
     _index,
+    add_stored_bytes,
     record_container_state,
 )
 from engine.projections import apply
@@ -136,10 +137,7 @@ class SharedLedger(Ledger):
             if local.get("chunks", digest) is None:
                 local.put("chunks", digest, v)
                 added += ChunkRecord.unpack(v).stored_len
-        if added:
-            raw = local.get("meta", b"stored_bytes")
-            total = (0 if raw is None else int.from_bytes(raw, "big")) + added
-            local.put("meta", b"stored_bytes", total.to_bytes(8, "big"))
+        add_stored_bytes(local, added)
         return events
 
     def _catch_up_to_head(self, local: Txn, remote: Txn) -> None:
@@ -215,10 +213,7 @@ class SharedLedger(Ledger):
             self._catch_up_to_head(lt, rt)
             gone = self.blobs.confirm(held)
             if gone:
-                raise ConcurrentGcError(
-                    f"chunk {gone[0].container} was collected by a concurrent gc while {what} "
-                    "was in progress; nothing was committed, retry"
-                )
+                raise _ChunkGoneError(bytes.fromhex(gone[0].container))
             head = self.log.head(lt)
             record_container_state(lt, state)
             for s in sessions:
@@ -241,14 +236,9 @@ class SharedLedger(Ledger):
 
         try:
             out = self._remote_call(lambda: self.kv.write(local))
-        except (_ChunkGoneError, ConcurrentGcError) as e:
+        except _ChunkGoneError as e:
             self.sync()  # so a retry sees the gc's tombstones and uploads again
-            if isinstance(e, ConcurrentGcError):
-                raise
-            raise ConcurrentGcError(
-                f"chunk {e.args[0].hex()} was collected by a concurrent gc while {what} "
-                "was in progress; nothing was committed, retry"
-            ) from None
+            raise e.error(what) from None
         self.synced_at = time.time()
         self.sync_problem = None
         return out

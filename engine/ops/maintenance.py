@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from engine import failpoints
 from engine.errors import ArtledgerError, IntegrityError
 from engine.events import GC_COMPLETED
-from engine.ledger.core import read_container_state
+from engine.ledger.core import add_stored_bytes, read_container_state
 from engine.projections import PROJECTION_DBS, STORE_DATABASES, fold
 from engine.projections.records import DECODE_ERRORS, damage_boundary, manifests, record
 from engine.storage.blobs import BlobStore, Location
@@ -305,9 +305,7 @@ def gc(
         dead = _classify(txn, report, explain)
         dead_locs[:] = [rec.loc for _, rec in dead if rec.loc is not None]
         store.ledger.forget_chunks(txn, [digest for digest, _ in dead])
-        stored = txn.get("meta", b"stored_bytes")
-        total = (0 if stored is None else int.from_bytes(stored, "big")) - report.bytes_reclaimed
-        txn.put("meta", b"stored_bytes", max(total, 0).to_bytes(8, "big"))
+        add_stored_bytes(txn, -report.bytes_reclaimed)
         return [
             (
                 GC_COMPLETED,

@@ -104,9 +104,11 @@ class Dashboard:
         """A shared store: pull what other machines committed (throttled; when
         the log server is down the replica is served as it is)."""
         now = time.monotonic()
-        if self.store.replica_status() is None or now - self._synced < self.SYNC_EVERY:
+        if now - self._synced < self.SYNC_EVERY:
             return
         self._synced = now
+        if self.store.replica_status() is None:
+            return
         with contextlib.suppress(SharedStoreUnavailableError):
             self.store.sync()
 

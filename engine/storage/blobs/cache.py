@@ -46,21 +46,8 @@ class ChunkCache:
 
     def get(self, name: str, length: int) -> bytearray | None:
         """The cached payload ``name`` of ``length`` bytes, or None (absent or damaged)."""
-        path = self.path(name)
         payload = bytearray(length)
-        try:
-            with open(path, "rb", buffering=0) as f:
-                check = f.read(CHECK_SIZE)
-                got = f.readinto(payload)
-                extra = f.read(1)
-        except OSError:
-            return None
-        if got == length and not extra and xxhash.xxh3_64_digest(payload) == check:
-            with contextlib.suppress(OSError):
-                os.utime(path)
-            return payload
-        self.discard(name)
-        return None
+        return payload if self.readinto(name, memoryview(payload)) else None
 
     def readinto(self, name: str, buf: memoryview) -> bool:
         """Read the cached payload ``name`` straight into ``buf`` (exactly its

@@ -312,21 +312,21 @@ class ObjectBlobStore(BlobStore):
     def readinto(self, loc: Location, buf: memoryview) -> None:
         """The payload into ``buf``: read straight from the cache file, or one
         copy from the response body."""
-        with self._lock:
-            ready = self._ready.pop(loc, None)
+        ready = self._prefetched(loc)
         if ready is not None:
-            buf[:] = ready.result()
-            return
-        if self.cache is not None and self.cache.readinto(self._name(loc), buf):
-            return
-        buf[:] = self._fetch(self._name(loc), loc)
+            buf[:] = ready
+        elif self.cache is None or not self.cache.readinto(self._name(loc), buf):
+            buf[:] = self._fetch(self._name(loc), loc)
 
     def _payload(self, loc: Location) -> Payload:
+        ready = self._prefetched(loc)
+        return ready if ready is not None else self._cached_or_fetched(loc)
+
+    def _prefetched(self, loc: Location) -> Payload | None:
+        """The payload :meth:`prefetch` fetched for ``loc`` (waiting for it), once."""
         with self._lock:
             ready = self._ready.pop(loc, None)
-        if ready is not None:
-            return ready.result()
-        return self._cached_or_fetched(loc)
+        return None if ready is None else ready.result()
 
     def _fetch(self, name: str, loc: Location, *, behind: bool = False) -> Payload:
         """The payload of chunk ``name``, fetched and checked (a view of the
