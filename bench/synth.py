@@ -8,8 +8,9 @@ Runs of ``RUN_STEPS`` steps are bracketed by ``run.started``/``run.completed``.
 The first ``deep`` steps form one chain across runs, for lineage at depth.
 
 Events are appended with ``EventLog.append`` and folded with
-``projections.apply`` in batches inside ``store.ledger.kv.write`` — the live commit
-path without the per-commit fsync, so a long log is built in seconds.
+``projections.fold`` (the batched fold of the same handlers) in batches inside
+``store.ledger.kv.write``: the live commit path without the per-commit fsync,
+so a long log is built in seconds.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.projections import apply
+from engine.projections import fold
 from engine.store import Store
 
 RUN_STEPS = 1000
@@ -145,8 +146,7 @@ def generate(
             step_i += 1
 
         def fn(txn: Any, records: list[tuple[str, dict[str, Any]]] = records) -> None:
-            for e in store.ledger.log.append(txn, records):
-                apply(txn, e)
+            fold(txn, store.ledger.log.append(txn, records))
 
         store.ledger.kv.write(fn)
         out.events = store.head - head0

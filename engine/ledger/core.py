@@ -33,6 +33,7 @@ from engine.events import STORE_CREATED
 from engine.ledger.layout import IDENTITY, Identity, read_identity, write_identity
 from engine.ledger.secret import fingerprint
 from engine.projections import PROJECTION_DBS, apply, fold
+from engine.projections.temporal import TEMPORAL_META
 from engine.storage.blobs import BlobStore, Location
 from engine.storage.chunks import ChunkStore, WriteSession
 from engine.storage.kv import KV, Txn
@@ -161,6 +162,7 @@ class Ledger:
             txn.put("meta", b"seed", _Q.pack(ident.seed))
             txn.put("meta", b"store_id", ident.store_id.encode())
             txn.put("meta", b"secret_fp", ident.secret_fp or fingerprint(self.secret))
+            txn.put("meta", TEMPORAL_META, b"\x01")  # history indexed from the first event
             if not genesis:  # a replica: its log arrives from the shared log
                 return
             for e in self.log.append(
@@ -376,6 +378,7 @@ class Ledger:
             for db in PROJECTION_DBS:
                 txn.drop(db)
             txn.delete("meta", b"proj_pos")
+            txn.put("meta", TEMPORAL_META, b"\x01")
             head = self.log.head(txn)
 
             def events() -> Iterator[Event]:

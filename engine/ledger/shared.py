@@ -38,7 +38,7 @@ from engine.ledger.core import (
     add_stored_bytes,
     record_container_state,
 )
-from engine.projections import apply
+from engine.projections import fold
 from engine.storage.blobs import Location
 from engine.storage.chunks import ChunkRecord, WriteSession
 from engine.storage.kv import KV, Txn
@@ -126,8 +126,7 @@ class SharedLedger(Ledger):
             ) from None
         if not events:
             return events
-        for event in events:
-            apply(local, event)
+        fold(local, events)
         added = 0
         for k, v in remote.scan("chunkrefs", seq_key(head + 1), seq_key(events[-1].seq + 1)):
             digest = k[8:]

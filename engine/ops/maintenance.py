@@ -26,6 +26,8 @@ from engine.events import GC_COMPLETED
 from engine.ledger.core import add_stored_bytes, read_container_state
 from engine.projections import PROJECTION_DBS, STORE_DATABASES, fold
 from engine.projections.records import DECODE_ERRORS, damage_boundary, manifests, record
+from engine.projections.schema import LIVE_DBS
+from engine.projections.temporal import TEMPORAL_META
 from engine.storage.blobs import BlobStore, Location
 from engine.storage.chunks import ChunkRecord
 from engine.storage.kv import MemoryKV, Txn
@@ -233,7 +235,9 @@ def verify(store: Store, *, progress: Progress | None = None, fix: bool = False)
         fresh = MemoryKV(STORE_DATABASES)
         w = fresh.unsafe_writer()
         fold(w, store.ledger.log.read(txn))
-        for db in PROJECTION_DBS:
+        # A store whose projections predate the temporal index has none to compare.
+        indexed = txn.get("meta", TEMPORAL_META) is not None
+        for db in PROJECTION_DBS if indexed else LIVE_DBS:
             try:
                 live_items = list(txn.scan(db))
             except ArtledgerError as e:

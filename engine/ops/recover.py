@@ -57,6 +57,7 @@ from engine.ops.recover_events import Chain, check_chain, salvage_ledger
 from engine.ops.recover_packs import Packs, inline_chunks, pick_seed, scan_packs
 from engine.projections import STORE_DATABASES, fold
 from engine.projections.records import manifests
+from engine.projections.temporal import TEMPORAL_META
 from engine.storage.blobs import PackBlobStore
 from engine.storage.chunks import ChunkRecord
 from engine.storage.kv import LmdbKV, Txn, is_open_here
@@ -273,6 +274,7 @@ def _build(
             txn.put("chunks", digest, rec.pack())
             stored += rec.stored_len
         txn.put("meta", b"stored_bytes", stored.to_bytes(8, "big"))
+        txn.put("meta", TEMPORAL_META, b"\x01")  # the fold below indexes history from seq 1
         for name, end in packs.ends.items():
             txn.put("segments", name.encode(), _Q.pack(end))
         prev = GENESIS

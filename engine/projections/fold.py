@@ -14,12 +14,16 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from engine.errors import IntegrityError
+from engine.projections.batch import BatchTxn
 from engine.projections.keys import from_u64, u64
+from engine.projections.temporal import TemporalTxn
 from engine.storage.kv import Txn
 from engine.storage.log import Event, pack, unpack
 
 Handler = Callable[[Txn, Event], None]
 HANDLERS: dict[str, Handler] = {}
+#: Events a batched fold buffers before writing them (memory, not speed, bounds it).
+FLUSH_EVERY = 250_000
 
 
 def handles(*event_types: str) -> Callable[[Handler], Handler]:
@@ -48,35 +52,44 @@ def apply(txn: Txn, event: Event, *, track: bool = True) -> None:
     """Fold one event into the projections (unknown types are kept in the log only).
 
     With ``track`` the fold position is written too; :func:`fold` writes it
-    once at the end instead."""
+    once at the end instead. Every projection write is also recorded in the
+    temporal index (``engine.projections.temporal``)."""
     fn = HANDLERS.get(event.type)
     if fn is not None:
         try:
-            fn(txn, event)
+            fn(TemporalTxn(txn, event.seq), event)
         except _MALFORMED as e:
             raise _malformed(event, e) from e
     if track:
         txn.put("meta", b"proj_pos", u64(event.seq))
 
 
-def fold(txn: Txn, events: Iterable[Event]) -> int:
+def fold(txn: Txn, events: Iterable[Event], *, flush_every: int = FLUSH_EVERY) -> int:
     """Fold many events in order; the number folded.
 
-    The cyclic garbage collector is paused meanwhile: a fold allocates
-    millions of short-lived, acyclic containers and would otherwise trigger
-    it over and over for nothing."""
+    Writes collect in a :class:`~engine.projections.batch.BatchTxn` and reach
+    ``txn`` in key order every ``flush_every`` events and at the end. The
+    cyclic garbage collector is paused meanwhile: a fold allocates millions of
+    short-lived, acyclic containers and would otherwise trigger it over and
+    over for nothing."""
     handlers = HANDLERS
     n = last = 0
     event: Event | None = None
+    t = BatchTxn(txn)
+    at = t.at
     paused = gc.isenabled()
     gc.disable()
     try:
         for event in events:
             fn = handlers.get(event.type)
             if fn is not None:
-                fn(txn, event)
+                at(event.seq)
+                fn(t, event)
             last = event.seq
             n += 1
+            if not n % flush_every:
+                t.flush()
+        t.flush()
     except _MALFORMED as e:
         assert event is not None
         raise _malformed(event, e) from e

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-# Databases of the projections (dropped and refolded by ``Store.rebuild``).
-PROJECTION_DBS = (
+# The projections as of the head (what live queries read).
+LIVE_DBS = (
     "artifacts",
     "names",
     "versions",
@@ -20,6 +20,10 @@ PROJECTION_DBS = (
     "run_steps",
     "step_components",
 )
+# Databases of the projections (dropped and refolded by ``Store.rebuild``): the
+# live ones and ``history``, the temporal index of their writes
+# (``engine.projections.temporal``), which ``as_of`` reads.
+PROJECTION_DBS = (*LIVE_DBS, "history")
 # Every database of a store: its metadata, the event log, the chunk index,
 # the blob store's container state (pack segment ends), and the projections.
 STORE_DATABASES = ("meta", "events", "chunks", "segments", *PROJECTION_DBS)

@@ -1,10 +1,13 @@
 """``store.as_of(...)``: the catalog as it was after some event.
 
-The view folds the log up to that event into a private in-memory KV with
-the same :func:`engine.projections.artifacts.apply` the live path uses, and answers
-every query (artifacts, runs, lineage, cache lookups) from it. Artifact bytes
-are read from the store's chunk store, so a version collected by ``gc`` since
-then can be listed but not loaded.
+The view reads the projections through the temporal index
+(:class:`engine.projections.asof.AsOfKV`): each projection key as the fold
+left it after that event, so opening a view folds nothing and its queries
+(artifacts, runs, lineage, cache lookups) cost about what live ones do. A store
+whose projections predate the index (no ``meta`` ``temporal``; ``rebuild``
+adds it) gets the old way: the log up to the event folded into a private
+in-memory KV. Artifact bytes are read from the store's chunk store, so a
+version collected by ``gc`` since then can be listed but not loaded.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from engine.errors import InvalidArgumentError, ReadOnlyStoreError
 from engine.projections import STORE_DATABASES, fold
+from engine.projections.asof import AsOfKV
+from engine.projections.keys import from_u64
+from engine.projections.temporal import TEMPORAL_META
 from engine.query.catalog import Catalog
-from engine.storage.kv import MemoryKV
+from engine.storage.kv import KV, MemoryKV
 from engine.storage.log import Event, seq_key
 
 if TYPE_CHECKING:
@@ -41,7 +47,7 @@ def seq_at_time(store: Store, when: _dt.datetime, *, remember_order: bool = Fals
 class HistoricalView(Catalog):
     """A read-only catalog of the store as of event ``seq``."""
 
-    def __init__(self, store: Store, seq: int, kv: MemoryKV) -> None:
+    def __init__(self, store: Store, seq: int, kv: KV, *, indexed: bool = False) -> None:
         super().__init__(
             kv,
             store.ledger.chunks,
@@ -50,6 +56,8 @@ class HistoricalView(Catalog):
         )
         self.store = store
         self.seq = seq
+        #: Whether the view reads the temporal index (else it folded the log).
+        self.indexed = indexed
 
     @classmethod
     def build(cls, store: Store, when: Any) -> HistoricalView:
@@ -64,18 +72,12 @@ class HistoricalView(Catalog):
         head = store.head
         if seq < 0 or seq > head:
             raise InvalidArgumentError(f"as_of({seq}): the log holds events 1..{head}")
-        kv = MemoryKV(STORE_DATABASES)
-        w = kv.unsafe_writer()
-        with store.ledger.kv.snapshot() as txn:
-            for key in (b"format", b"seed", b"store_id"):
-                v = txn.get("meta", key)
-                if v is not None:
-                    w.put("meta", key, v)
-            # The chunk index is physical, not historical: reads resolve chunks live.
-            fold(w, store.ledger.log.read(txn, 1, seq + 1))
-        if seq:
-            w.put("meta", b"head_seq", seq_key(seq))
-        return cls(store, seq, kv)
+        # The index covers what the projections folded (all of the log, unless
+        # events were appended behind their back).
+        pos = store.ledger.meta(b"proj_pos")
+        if store.ledger.meta(TEMPORAL_META) is not None and seq <= (from_u64(pos) if pos else 0):
+            return cls(store, seq, AsOfKV(store.ledger.kv, seq), indexed=True)
+        return cls(store, seq, folded(store, seq))
 
     @property
     def head(self) -> int:
@@ -139,3 +141,20 @@ class HistoricalView(Catalog):
 
     def rebuild(self, *args: Any, **kwargs: Any) -> NoReturn:
         self._read_only("rebuild")
+
+
+def folded(store: Store, seq: int) -> MemoryKV:
+    """The log's first ``seq`` events folded into a private in-memory KV (for a
+    store whose projections have no temporal index yet)."""
+    kv = MemoryKV(STORE_DATABASES)
+    w = kv.unsafe_writer()
+    with store.ledger.kv.snapshot() as txn:
+        for key in (b"format", b"seed", b"store_id"):
+            v = txn.get("meta", key)
+            if v is not None:
+                w.put("meta", key, v)
+        # The chunk index is physical, not historical: reads resolve chunks live.
+        fold(w, store.ledger.log.read(txn, 1, seq + 1))
+    if seq:
+        w.put("meta", b"head_seq", seq_key(seq))
+    return kv

@@ -240,7 +240,9 @@ def advance(view: HistoricalView, seq: int) -> HistoricalView:
         raise InvalidArgumentError(
             f"advance({seq}): a view as of event {view.seq} moves forward to at most {head}"
         )
-    src = cast(MemoryKV, view.kv)  # an as_of view always folds into a MemoryKV
+    if view.indexed:  # the temporal index answers at any point: nothing to fold
+        return store.as_of(seq)
+    src = cast(MemoryKV, view.kv)  # a view of a store without the index folded the log
     kv = src.copy()
     w = kv.unsafe_writer()
     with store.ledger.kv.snapshot() as txn:

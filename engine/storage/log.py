@@ -81,8 +81,14 @@ def chain(prev: bytes, raw: bytes) -> bytes:
     return hashlib.blake2b(prev + raw, digest_size=16).digest()
 
 
+# One packer for the process: ``packb`` builds a new one per call, which costs
+# more than packing a small record. ``Packer.pack`` runs in C under the GIL
+# without calling back into Python (no ``default``), and resets on error.
+_PACK = msgpack.Packer(use_bin_type=True).pack
+
+
 def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    return _PACK(obj)  # type: ignore[no-any-return]
 
 
 def unpack(raw: bytes) -> Any:

@@ -1,14 +1,15 @@
 """``?as_of=`` for the dashboard: parse it, and keep folded views around.
 
-``store.as_of(seq)`` folds the log up to ``seq`` into a private in-memory
-catalog: cheap for a small store, seconds for one with hundreds of thousands
-of events. A page is served many times at the same point in history (the
-slider, links within it), so the server keeps the last few folded views,
-keyed by ``seq``: the log is append-only, so the fold of its first ``seq``
-events never changes while the server runs (a store whose head moved below a
-cached ``seq`` — a recovered ledger — drops the cache). A new point later
-than a cached one starts from a copy of it and folds only the events between
-(:func:`engine.query.pages.advance`).
+``store.as_of(seq)`` reads the temporal index: opening a view costs nothing.
+A store whose projections predate the index folds the log up to ``seq`` into a
+private in-memory catalog instead: cheap for a small store, seconds for one
+with hundreds of thousands of events. A page is served many times at the same
+point in history (the slider, links within it), so the server keeps the last
+few views, keyed by ``seq``: the log is append-only, so the fold of its first
+``seq`` events never changes while the server runs (a store whose head moved
+below a cached ``seq`` — a recovered ledger — drops the cache). A new point
+later than a cached one starts from a copy of it and folds only the events
+between (:func:`engine.query.pages.advance`).
 """
 
 from __future__ import annotations

@@ -79,6 +79,12 @@ class Txn(ABC):
     def drop(self, db: str) -> None:
         """Remove every key of ``db``."""
 
+    def put_many(self, db: str, items: Iterable[tuple[bytes, bytes]]) -> None:
+        """:meth:`put` each pair; the keys come in strictly increasing order (a
+        backend may load them faster, e.g. appending to an empty database)."""
+        for key, value in items:
+            self.put(db, key, value)
+
     @abstractmethod
     def count(self, db: str) -> int:
         """How many keys ``db`` holds."""

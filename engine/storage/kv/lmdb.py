@@ -117,6 +117,17 @@ class _LmdbTxn(Txn):
         except self._kv.lmdb_error as e:
             raise self._kv.error(e, f"scanning {db!r}") from e
 
+    def put_many(self, db: str, items: Iterable[tuple[bytes, bytes]]) -> None:
+        try:
+            handle = self._kv.handles[db]
+            empty = not self._txn.stat(handle)["entries"]
+            with self._txn.cursor(db=handle) as cur:
+                cur.putmulti(items, append=empty)
+        except self._kv.lmdb_error as e:
+            if isinstance(e, self._kv.passthrough):
+                raise
+            raise self._kv.error(e, f"writing {db!r}") from e
+
     def drop(self, db: str) -> None:
         try:
             self._txn.drop(self._kv.handles[db], delete=False)
