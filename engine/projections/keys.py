@@ -30,8 +30,11 @@ def from_u64(raw: bytes) -> int:
     return int(Q.unpack(raw)[0])
 
 
+_PACK = msgpack.Packer(use_bin_type=True).pack  # one packer: ``packb`` builds one per call
+
+
 def _pack(obj: object) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    return _PACK(obj)  # type: ignore[no-any-return]
 
 
 def name_prefix(name: str) -> bytes:
