@@ -16,8 +16,17 @@ import pytest
 from engine import Store, pipeline, step
 from engine.projections import fold
 from engine.projections.asof import AsOfKV
-from engine.projections.schema import LIVE_DBS, STORE_DATABASES
-from engine.projections.temporal import HISTORY, TEMPORAL_META, bound, entry_key, escape, stem_key
+from engine.projections.schema import LIVE_DBS, SEQ_KEYED_DBS, STORE_DATABASES
+from engine.projections.temporal import (
+    DB_IDS,
+    HISTORY,
+    TEMPORAL_META,
+    bound,
+    entry_key,
+    escape,
+    split,
+    stem_key,
+)
 from engine.query.history import HistoricalView, folded
 from engine.query.pages import advance
 from engine.storage.kv import MemoryKV
@@ -179,3 +188,19 @@ def test_as_of_kv_is_read_only() -> None:
     kv = AsOfKV(MemoryKV(STORE_DATABASES), 0)
     with pytest.raises(Exception, match="read-only"):
         kv.write(lambda txn: None)
+
+
+def test_seq_keyed_databases_end_with_the_creating_seq(tmp_path: Path) -> None:
+    """What ``as_of`` scans rely on to stop early: in these databases a key ends
+    with the seq of the event that first wrote it."""
+    with Store.open(tmp_path / "s") as store:
+        _grow(store)
+        with store.ledger.kv.snapshot() as txn:
+            for db in SEQ_KEYED_DBS:
+                first: dict[bytes, int] = {}
+                for hkey, _ in txn.scan(HISTORY, prefix=DB_IDS[db]):
+                    stem, seq = split(hkey)
+                    first.setdefault(stem_key(stem), seq)
+                assert first, db
+                for key, seq in first.items():
+                    assert int.from_bytes(key[-8:], "big") == seq, (db, key)

@@ -14,13 +14,20 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar, cast
 
 from engine.errors import ReadOnlyStoreError
-from engine.projections.keys import u64
+from engine.projections.keys import ALL_RUNS, u64
+from engine.projections.schema import SEQ_KEYED_DBS
 from engine.projections.temporal import DB_IDS, HISTORY, TOMBSTONE, bound, key_stem, stem_key
 from engine.storage.kv import KV, Txn
 from engine.storage.kv.base import bounds
 from engine.storage.log import seq_key
 
 T = TypeVar("T")
+
+
+def _one_group(prefix: bytes) -> bool:
+    """Whether ``prefix`` is exactly one group of a seq-keyed database: the
+    group's name (which holds no NUL) and its NUL, or all runs."""
+    return prefix == ALL_RUNS or (prefix[-1] == 0 and prefix.count(b"\x00") == 1)
 
 
 class AsOfTxn(Txn):
@@ -60,6 +67,10 @@ class AsOfTxn(Txn):
         db_id = DB_IDS.get(db)
         if db_id is None:
             return self.txn.scan(db, start, stop, prefix=prefix, reverse=reverse)
+        if prefix and db in SEQ_KEYED_DBS and _one_group(prefix):
+            # Keys of this group created after ``seq`` did not exist then: skip them.
+            cap = prefix + self._stop
+            stop = cap if stop is None or stop > cap else stop
         start, stop = bounds(start, stop, prefix)
         lo = bound(db_id, start) if start else db_id
         hi = bound(db_id, stop) if stop is not None else bytes([db_id[0] + 1])
