@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import random
+import resource
 import statistics
 import time
 from typing import Any
 
+from bench import synth
 from bench.common import Context, Result, Row, Series, disk_bytes, latencies, pct
 from engine.ledger.artifacts import commit_artifacts, prepare
 
@@ -17,25 +20,76 @@ ABOUT = (
     "checkpoint: single durable `save_artifact` latency, fill throughput, bytes on disk per "
     "artifact, `Store.open` time, and `get_artifact` / `list_artifacts(name)` latency p50/p99 "
     "over random names. Flat or logarithmic growth is the goal; rows compare the largest N "
-    "with the smallest."
+    "with the smallest. Each `get_artifact` latency pass runs on a freshly opened store over "
+    "names not read before, so a call pays the page faults of the index pages it touches first; "
+    "a separate pass counts those faults per call (`getrusage`) and reports the latency of the "
+    "calls that took none. Last, cache lookups (`engine.pipelines.cache.lookup`, hits on "
+    "random keys) on a synthetic pipeline log (`bench/synth.py`) at growing event counts, "
+    "with the same fault accounting."
 )
 PARAMS: dict[str, dict[str, Any]] = {
-    "tiny": {"checkpoints": [200, 600], "samples": 30, "saves": 20, "budget_s": 20},
+    "tiny": {
+        "checkpoints": [200, 600],
+        "samples": 30,
+        "saves": 20,
+        "budget_s": 20,
+        "events": [3000, 9000],
+        "lookups": 200,
+        "events_budget_s": 20,
+    },
     "small": {
         "checkpoints": [1000, 10_000, 30_000, 100_000],
         "samples": 300,
         "saves": 200,
         "budget_s": 300,
+        "events": [10_000, 100_000],
+        "lookups": 2000,
+        "events_budget_s": 60,
     },
     "full": {
         "checkpoints": [10_000, 30_000, 100_000, 300_000, 1_000_000],
         "samples": 1000,
         "saves": 500,
         "budget_s": 720,
+        "events": [100_000, 5_000_000],
+        "lookups": 10_000,
+        "events_budget_s": 240,
     },
 }
 BATCH = 1000
 PER_NAME = 10
+OPENS = 7
+
+
+def faulting(fn: Any, n: int) -> tuple[list[float], list[int], list[int]]:
+    """Per-call latency of ``fn(i)`` for ``i < n`` (seconds), and the minor and
+    major page faults each call took (``getrusage`` read outside the timed span)."""
+    lat: list[float] = []
+    minor: list[int] = []
+    major: list[int] = []
+    usage, me = resource.getrusage, resource.RUSAGE_SELF
+    for i in range(n):
+        r0 = usage(me)
+        t = time.perf_counter()
+        fn(i)
+        lat.append(time.perf_counter() - t)
+        r1 = usage(me)
+        minor.append(r1.ru_minflt - r0.ru_minflt)
+        major.append(r1.ru_majflt - r0.ru_majflt)
+    return lat, minor, major
+
+
+def fault_stats(prefix: str, got: tuple[list[float], list[int], list[int]]) -> dict[str, float]:
+    """p50/p99 of the calls that took no page fault, and faults per call."""
+    lat, minor, major = got
+    clean = [t for t, a, b in zip(lat, minor, major, strict=True) if a == 0 and b == 0]
+    return {
+        f"{prefix}_clean_p50": pct(clean, 50),
+        f"{prefix}_clean_p99": pct(clean, 99),
+        f"{prefix}_clean_share": len(clean) / max(1, len(lat)),
+        f"{prefix}_minflt": sum(minor) / max(1, len(lat)),
+        f"{prefix}_majflt": sum(major) / max(1, len(lat)),
+    }
 
 
 def _fill(store: Any, start: int, stop: int) -> None:
@@ -85,7 +139,7 @@ def run(ctx: Context) -> Result:
             store.close()
             size = disk_bytes(path)
             opens = []
-            for _ in range(3):
+            for _ in range(OPENS):
                 t = time.perf_counter()
                 store = Store.open(path)
                 opens.append(time.perf_counter() - t)
@@ -102,6 +156,15 @@ def run(ctx: Context) -> Result:
                 lambda i, names=names, store=store: store.list_artifacts(names[i]), len(names)
             )
             assert len(store.list_artifacts(names[0])) == PER_NAME
+            store.close()
+            store = Store.open(path)
+            fresh = [f"item{rng.randrange(n // PER_NAME)}" for _ in range(p["samples"])]
+            counted = fault_stats(
+                "get",
+                faulting(
+                    lambda i, fresh=fresh, store=store: store.get_artifact(fresh[i]), len(fresh)
+                ),
+            )
             points.append(
                 {
                     "n": n,
@@ -115,6 +178,7 @@ def run(ctx: Context) -> Result:
                     "getv_p50": pct(get_v, 50),
                     "list_p50": pct(lst, 50),
                     "list_p99": pct(lst, 99),
+                    **counted,
                 }
             )
             ctx.log(
@@ -136,9 +200,28 @@ def run(ctx: Context) -> Result:
         ("list_artifacts(name) p50", "list_p50", 1e6, "µs", growth),
         ("list_artifacts(name) p99", "list_p99", 1e6, "µs", growth),
         ("Store.open", "open", 1e3, "ms", growth),
+        (
+            "get_artifact(name) latest p50, calls without a page fault",
+            "get_clean_p50",
+            1e6,
+            "µs",
+            None,
+        ),
+        (
+            "get_artifact(name) latest p99, calls without a page fault",
+            "get_clean_p99",
+            1e6,
+            "µs",
+            None,
+        ),
+        ("page faults per get_artifact(name) latest (minor)", "get_minflt", 1, "", None),
+        ("page faults per get_artifact(name) latest (major)", "get_majflt", 1, "", None),
         ("disk bytes per artifact", "bytes_per", 1, "B", None),
     ]
     for metric, key, scale, unit, goal in specs:
+        if not (math.isfinite(last[key]) and math.isfinite(first[key])):
+            res.notes.append(f"{metric}: no call qualified at {nf} or {nl}.")
+            continue
         res.add(
             Row(
                 f"{metric} at {nl}",
@@ -198,4 +281,89 @@ def run(ctx: Context) -> Result:
             for pt in points
         )
     )
+    res.notes.append(
+        "Checkpoints, page faults: "
+        + "; ".join(
+            f"N={int(pt['n']):,}: get_artifact latest {pt['get_minflt']:.2f} minor and "
+            f"{pt['get_majflt']:.3f} major faults per call, {pt['get_clean_share']:.0%} of "
+            f"calls took none (their p50 {pt['get_clean_p50'] * 1e6:.1f} µs)"
+            for pt in points
+        )
+    )
+    _cache_lookups(ctx, p, res)
     return res
+
+
+def _cache_lookups(ctx: Context, p: dict[str, Any], res: Result) -> None:
+    """Cache lookup hits on random keys of a synthetic pipeline log at each
+    event count of ``p["events"]``, on a freshly opened store each time."""
+    from engine import Store
+    from engine.pipelines.cache import lookup
+
+    rng = random.Random(3)
+    points: list[dict[str, float]] = []
+    with ctx.tempdir("lookups") as tmp:
+        path = tmp / "store"
+        keys: list[str] = []
+        events = 0
+        deadline = time.perf_counter() + p["events_budget_s"]
+        for target in p["events"]:
+            ctx.log(f"small: synthetic log to {target:,} events")
+            with Store.open(path) as store:
+                gen = synth.generate(
+                    store, target - events, budget_s=max(1.0, deadline - time.perf_counter())
+                )
+                events = store.head
+            keys += gen.keys
+            with Store.open(path) as store:
+                sample = [rng.choice(keys) for _ in range(p["lookups"])]
+                got = faulting(lambda i, s=store, k=sample: lookup(s, k[i]), len(sample))
+                miss = latencies(lambda i, s=store: lookup(s, f"{i:031x}z"), len(sample))
+            points.append(
+                {
+                    "events": events,
+                    "hit_p50": pct(got[0], 50),
+                    "hit_p99": pct(got[0], 99),
+                    "miss_p99": pct(miss, 99),
+                    **fault_stats("hit", got),
+                }
+            )
+            if gen.truncated_by_time:
+                res.notes.append(
+                    f"Cache lookups: the synthetic log stopped at {events:,} events, not "
+                    f"{target:,} (its {p['events_budget_s']} s budget at size {ctx.size})."
+                )
+                break
+    first, last = points[0], points[-1]
+    at, base = f"at {int(last['events']):,} events", f"same at {int(first['events']):,} events"
+    for metric, key, goal in (
+        ("cache lookup hit p50", "hit_p50", None),
+        ("cache lookup hit p99", "hit_p99", ("ours<=", 20.0)),
+        ("cache lookup miss p99", "miss_p99", ("ours<=", 20.0)),
+        ("cache lookup hit p50, calls without a page fault", "hit_clean_p50", None),
+        ("cache lookup hit p99, calls without a page fault", "hit_clean_p99", None),
+    ):
+        if not (math.isfinite(last[key]) and math.isfinite(first[key])):
+            res.notes.append(f"{metric}: no call qualified.")
+            continue
+        res.add(
+            Row(
+                f"{metric} {at}",
+                last[key] * 1e6,
+                "µs",
+                first[key] * 1e6,
+                base,
+                goal=goal,
+                goal_text="≤ 20 µs" if goal else "",
+            )
+        )
+    res.notes.append(
+        "Cache lookups: "
+        + "; ".join(
+            f"{int(pt['events']):,} events: hit p50 {pt['hit_p50'] * 1e6:.1f} µs, p99 "
+            f"{pt['hit_p99'] * 1e6:.1f} µs; calls without a page fault "
+            f"{pt['hit_clean_share']:.0%} (p99 {pt['hit_clean_p99'] * 1e6:.1f} µs); page "
+            f"faults per call {pt['hit_minflt']:.2f} minor, {pt['hit_majflt']:.3f} major"
+            for pt in points
+        )
+    )

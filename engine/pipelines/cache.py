@@ -34,14 +34,14 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from engine.projections.keys import cache_index_key, name_prefix, tag_prefix
+from engine.projections.keys import cache_prefix, name_prefix, tag_prefix
 from engine.projections.records import record
 from engine.query.catalog import HasCatalog, catalog_of
+from engine.query.models import StepRun
 from engine.storage.kv import Txn
 
 if TYPE_CHECKING:
     from engine.query.catalog import Catalog
-    from engine.query.models import StepRun
 
 EXPIRED = "expired"
 GONE = "outputs deleted or collected"
@@ -180,7 +180,7 @@ def lookup_in(
     outputs named in ``check_materializers`` that the registry would still choose
     the materializer that saved them."""
     reason: str | None = None
-    for _, sid in txn.scan("cache", prefix=cache_index_key(cache_key, 0)[:-8], reverse=True):
+    for _, sid in txn.scan("cache", prefix=cache_prefix(cache_key), reverse=True):
         raw = txn.get("steps", sid)
         if raw is None:
             continue
@@ -220,8 +220,6 @@ def lookup(
     """The step run a step with ``cache_key`` would reuse on ``source`` (a store,
     its catalog or an ``as_of`` view), or None. Chunk presence is always checked
     against the live chunk index (bytes are physical, not historical)."""
-    from engine.query.models import StepRun
-
     catalog = catalog_of(source)
     with catalog._read() as txn:
         live = catalog.chunks.kv

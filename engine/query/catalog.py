@@ -11,7 +11,9 @@ import contextlib
 import itertools
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from engine.errors import (
@@ -63,17 +65,11 @@ class Catalog:
         self._secret_problem = secret_problem
         self._check_open = check_open or _always_open
 
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[Txn]:
-        """A read snapshot; damaged records met inside become ``IntegrityError``."""
+    def _read(self) -> _CatalogRead:
+        """A read snapshot for a ``with`` block; damaged records met inside
+        become ``IntegrityError``."""
         self._check_open()
-        with self.kv.snapshot() as txn:
-            try:
-                yield txn
-            except ArtledgerError:
-                raise
-            except DECODE_ERRORS as e:
-                raise damaged(f"the ledger at {getattr(self.kv, 'path', 'memory')}", e) from e
+        return _CatalogRead(self.kv)
 
     # -- log -------------------------------------------------------------------
     @property
@@ -443,6 +439,31 @@ class HasCatalog(Protocol):
 def catalog_of(source: Catalog | HasCatalog) -> Catalog:
     """The catalog that answers for ``source`` (a catalog, a view, or a store)."""
     return source if isinstance(source, Catalog) else source.catalog
+
+
+class _CatalogRead(AbstractContextManager[Txn]):
+    """What :meth:`Catalog._read` returns: one KV snapshot, released when the
+    block ends (a class, not a generator: it is on every query's path)."""
+
+    __slots__ = ("_kv", "_txn")
+
+    def __init__(self, kv: KV) -> None:
+        self._kv = kv
+
+    def __enter__(self) -> Txn:
+        self._txn = self._kv.read()
+        return self._txn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._kv.end_read(self._txn)
+        if isinstance(exc, DECODE_ERRORS) and not isinstance(exc, ArtledgerError):
+            where = f"the ledger at {getattr(self._kv, 'path', 'memory')}"
+            raise damaged(where, exc) from exc
 
 
 def _always_open() -> None:

@@ -17,6 +17,8 @@ from engine.storage.kv.base import KV, Databases, T, Txn, bounds, declared
 _ENV_LOCK = threading.Lock()
 _ENVS: dict[str, tuple[int, Any, int]] = {}  # realpath -> (pid, env, refcount)
 MAX_READERS = 256
+# _SUCCESSOR[b] is the one-byte string b + 1 (the end of a prefix range).
+_SUCCESSOR = tuple(bytes((b + 1,)) for b in range(255))
 # A failed commit with this little room left on the device is a full disk (a
 # short write, which LMDB reports as EIO, is how a full disk usually shows).
 NEARLY_FULL = 64 << 20
@@ -91,7 +93,11 @@ class _LmdbTxn(Txn):
         prefix: bytes | None = None,
         reverse: bool = False,
     ) -> Iterator[tuple[bytes, bytes]]:
-        start, stop = bounds(start, stop, prefix)
+        if prefix and start is None and stop is None and prefix[-1] != 0xFF:
+            # The common case (every key starting with ``prefix``), without bounds().
+            start, stop = prefix, prefix[:-1] + _SUCCESSOR[prefix[-1]]
+        else:
+            start, stop = bounds(start, stop, prefix)
         try:
             cur = self._txn.cursor(db=self._kv.handles[db])
             if not reverse:
