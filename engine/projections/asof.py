@@ -51,9 +51,8 @@ class AsOfTxn(Txn):
                 )
             return self.txn.get(db, key)
         stem = key_stem(db_id, key)
-        for _, v in self.txn.scan(HISTORY, stem, stem + self._stop, reverse=True):
-            return None if v == TOMBSTONE else v[1:]
-        return None
+        hit = self.txn.last_below(HISTORY, stem + self._stop, stem)
+        return None if hit is None or hit[1] == TOMBSTONE else hit[1][1:]
 
     def scan(
         self,

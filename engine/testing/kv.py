@@ -189,6 +189,26 @@ class KVContract(ABC):
                 b"ab",
             ]
 
+    def test_last_below(self, tmp_path: Path) -> None:
+        kv = self.filled(tmp_path)
+        with kv.snapshot() as txn:
+            pairs = list(txn.scan("meta"))
+            for stop in [*KEYS, b"", b"a\x01", b"\xff\xff\xff"]:
+                for start in [b"", *KEYS]:
+                    below = [p for p in pairs if start <= p[0] < stop]
+                    want = below[-1] if below else None
+                    assert txn.last_below("meta", stop, start) == want, (stop, start)
+            assert txn.last_below("chunks", b"z", b"") is None
+
+    def test_put_many_in_key_order(self, tmp_path: Path) -> None:
+        kv = self.open_kv(tmp_path)
+        items = [(k, b"v" + k) for k in sorted(KEYS)]
+        kv.write(lambda t: t.put_many("chunks", items))  # into an empty database
+        assert self.read_all(kv, "chunks") == items
+        more = [(b"a\x00\x00", b"1"), (b"ab", b"2"), (b"c", b"3")]
+        kv.write(lambda t: t.put_many("chunks", more))  # among existing keys, replacing one
+        assert self.read_all(kv, "chunks") == sorted(dict(items + more).items())
+
     def test_scan_of_an_empty_database(self, tmp_path: Path) -> None:
         kv = self.open_kv(tmp_path)
         with kv.snapshot() as txn:

@@ -79,6 +79,13 @@ class Txn(ABC):
     def drop(self, db: str) -> None:
         """Remove every key of ``db``."""
 
+    def last_below(self, db: str, stop: bytes, start: bytes) -> tuple[bytes, bytes] | None:
+        """The pair with the greatest key ``< stop`` if that key is ``>= start``,
+        else None (a backend may answer with one cursor move)."""
+        for pair in self.scan(db, start, stop, reverse=True):
+            return pair
+        return None
+
     def put_many(self, db: str, items: Iterable[tuple[bytes, bytes]]) -> None:
         """:meth:`put` each pair; the keys come in strictly increasing order (a
         backend may load them faster, e.g. appending to an empty database)."""

@@ -123,6 +123,16 @@ class _LmdbTxn(Txn):
         except self._kv.lmdb_error as e:
             raise self._kv.error(e, f"scanning {db!r}") from e
 
+    def last_below(self, db: str, stop: bytes, start: bytes) -> tuple[bytes, bytes] | None:
+        try:
+            cur = self._txn.cursor(db=self._kv.handles[db])
+            if not (cur.prev() if cur.set_range(stop) else cur.last()):
+                return None
+            key = cur.key()
+            return None if key < start else (bytes(key), bytes(cur.value()))
+        except self._kv.lmdb_error as e:
+            raise self._kv.error(e, f"reading {db!r}") from e
+
     def put_many(self, db: str, items: Iterable[tuple[bytes, bytes]]) -> None:
         try:
             handle = self._kv.handles[db]
