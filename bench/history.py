@@ -200,13 +200,40 @@ def run(ctx: Context) -> Result:
                 "engine.pipelines.cache.lookup is not available: cache lookups skipped."
             )
         else:
+            from bench.small_artifacts import fault_stats, faulting
+
             rng = random.Random(3)
             keys = [rng.choice(gen.keys) for _ in range(p["lookups"])]
-            lat = latencies(lambda i: lookup(s, keys[i]), len(keys))
+            got = faulting(lambda i: lookup(s, keys[i]), len(keys))
+            lat = got[0]
             miss = latencies(lambda i: lookup(s, f"{i:031x}z"), len(keys))
+            st = fault_stats("hit", got)
+            faults = (
+                f"{st['hit_minflt']:.2f} minor and {st['hit_majflt']:.2f} major page faults per "
+                f"call; {st['hit_clean_share']:.0%} of calls took none"
+            )
             for q in (50, 99):
                 res.add(
-                    Row(f"cache lookup hit p{q}", pct(lat, q) * 1e6, "µs", goal=("ours<=", 20.0))
+                    Row(
+                        f"cache lookup hit p{q}",
+                        pct(lat, q) * 1e6,
+                        "µs",
+                        goal=("ours<=", 20.0),
+                        note=faults if q == 99 else "",
+                    )
+                )
+                res.add(
+                    Row(
+                        f"cache lookup hit p{q}, calls without a page fault",
+                        st[f"hit_clean_p{q}"] * 1e6,
+                        "µs",
+                    )
                 )
             res.add(Row("cache lookup miss p99", pct(miss, 99) * 1e6, "µs", goal=("ours<=", 20.0)))
+            res.notes.append(
+                "Cache lookups run on the store just written and rebuilt: random keys touch "
+                "index pages for the first time (a page fault each), and this machine's kernel "
+                "evicts idle page cache, so some faults read the disk. The rows without a page "
+                "fault show the lookup itself."
+            )
     return res

@@ -53,7 +53,7 @@ PARAMS: dict[str, dict[str, Any]] = {
         "budget_s": 720,
         "events": [100_000, 5_000_000],
         "lookups": 10_000,
-        "events_budget_s": 240,
+        "events_budget_s": 150,
     },
 }
 BATCH = 1000
