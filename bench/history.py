@@ -40,7 +40,7 @@ PARAMS: dict[str, dict[str, Any]] = {
         "deep": 10_000,
         "depths": [10, 100, 1000, 10_000],
         "as_of": [100_000, 500_000],
-        "budget_s": 150,
+        "budget_s": 200,
         "lookups": 10_000,
     },
 }
