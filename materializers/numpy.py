@@ -21,7 +21,7 @@ import functools
 import html
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from typing import IO, Any, ClassVar, Final
 
 import numpy as np
@@ -106,6 +106,25 @@ class NumpyMaterializer(BaseMaterializer):
         }
         meta.update(_stats(array))
         return meta
+
+    def _metadata_reuse_key(self, data: Any) -> Hashable | None:
+        """The statistics are a function of the elements, their dtype and shape
+        (all in ``data.npy``'s bytes) and of the memory layout numpy reduces
+        over (strides and alignment can change the last bit of ``mean``); a
+        subclass with its own ``extract_metadata`` gets no reuse."""
+        if type(self).extract_metadata is not NumpyMaterializer.extract_metadata:
+            return None
+        array = np.asarray(data)
+        if array.dtype.hasobject:
+            return None
+        return (
+            type(data),
+            array.dtype,
+            str(array.dtype),
+            array.shape,
+            array.strides,
+            array.ctypes.data % 64,
+        )
 
     def save_visualizations(self, data: Any) -> dict[str, str]:
         array = np.asarray(data)

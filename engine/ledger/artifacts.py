@@ -10,13 +10,17 @@ caller adds.
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import secrets
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import xxhash
 
 from engine.errors import (
     ArtledgerError,
@@ -99,11 +103,19 @@ def prepare(
     session = session or ledger.chunks.session()
     files = WriteFiles(session, ledger.secret, secret_problem=ledger.secret_problem)
     meta_job: Future[Any] | None = None
+    saved = threading.Event()  # set when the save ends or first stores a new chunk
     try:
         m = cls(files)
+        reuse = _reuse_key(m, obj)
         if getattr(obj, "nbytes", 0) >= _OVERLAP_METADATA:
-            # Large arrays: compute statistics while the bytes are hashed and written.
-            meta_job = _side_pool().submit(m.extract_metadata, obj)
+            # Large arrays: compute statistics while the bytes are hashed and
+            # written; when they may be reused, only once a chunk proves the
+            # content new (bytes the store holds cost only their hashing).
+            if reuse is None:
+                meta_job = _side_pool().submit(m.extract_metadata, obj)
+            else:
+                session.watch_new(saved)
+                meta_job = _side_pool().submit(_extract_if_new, m, obj, saved, session)
         m.save(obj)
         files.finish()
     except StoreSecretError as e:
@@ -121,17 +133,17 @@ def prepare(
             f"as artifact {name!r}: {e}"
         ) from e
     finally:
+        saved.set()
         if meta_job is not None:
             concurrent.futures.wait([meta_job])
     entries = list(files.entries.values())
     chash = content_hash(entries)
     size = sum(f.size for f in entries)
-    extracted = _safe_call(
-        m.extract_metadata if meta_job is None else (lambda _: meta_job.result()),
-        obj,
-        f"{ident}.extract_metadata",
-        warn,
-    )
+    memo_key = None
+    if reuse is not None:
+        chunks = b"".join(c for f in entries for c in f.chunks)  # seeded digests
+        memo_key = (ident, getattr(cls, "VERSION", 1), chash, xxhash.xxh3_128_digest(chunks), reuse)
+    extracted = _extracted_metadata(m, obj, meta_job, memo_key, f"{ident}.extract_metadata", warn)
     meta = plain(extracted or {}, where=f"metadata extracted by {ident}")
     meta.update({"size": size, "content_hash": chash, "materializer": ident})
     vis: list[list[Any]] = []
@@ -251,6 +263,78 @@ def _side_pool() -> ThreadPoolExecutor:
         if _side is None:
             _side = ThreadPoolExecutor(1, thread_name_prefix="artledger-meta")
         return _side
+
+
+class _Deferred:
+    """What the side job returns when the save stored no new chunk."""
+
+
+_DEFERRED = _Deferred()
+
+
+def _reuse_key(m: Any, obj: Any) -> Any:
+    """The materializer's metadata reuse key for ``obj`` (None if it has none
+    or it is not hashable)."""
+    try:
+        key = m._metadata_reuse_key(obj)
+        hash(key)
+    except Exception:
+        return None
+    return key
+
+
+def _extract_if_new(m: Any, obj: Any, saved: threading.Event, session: WriteSession) -> Any:
+    saved.wait()
+    return m.extract_metadata(obj) if session.new else _DEFERRED
+
+
+def _extracted_metadata(
+    m: Any,
+    obj: Any,
+    job: Future[Any] | None,
+    key: Hashable | None,
+    what: str,
+    warn: Callable[[str], None] | None,
+) -> Any:
+    """What ``m.extract_metadata(obj)`` returns: the side ``job``'s result, else
+    the memo's under ``key``, else computed now (and memoized under ``key``)."""
+    if job is not None and (job.exception() is not None or job.result() is not _DEFERRED):
+        extracted = _safe_call(lambda _: job.result(), obj, what, warn)
+    else:
+        extracted = None if key is None else _memo_get(key)
+        if extracted is not None:
+            return extracted
+        extracted = _safe_call(m.extract_metadata, obj, what, warn)
+    if key is not None and isinstance(extracted, dict):
+        _memo_put(key, extracted)
+    return extracted
+
+
+_MEMO_MAX = 128
+_memo: OrderedDict[Hashable, dict[str, Any]] = OrderedDict()
+_memo_lock = threading.Lock()
+
+
+def _memo_get(key: Hashable) -> dict[str, Any] | None:
+    """A copy of the metadata memoized under ``key`` (content hash, chunk
+    digests, materializer and its reuse key), or None."""
+    with _memo_lock:
+        found = _memo.get(key)
+        if found is None:
+            return None
+        _memo.move_to_end(key)
+    return copy.deepcopy(found)
+
+
+def _memo_put(key: Hashable, extracted: dict[str, Any]) -> None:
+    """Memoize a copy of ``extracted``; the least recently used entry beyond
+    :data:`_MEMO_MAX` is dropped."""
+    value = copy.deepcopy(extracted)
+    with _memo_lock:
+        _memo[key] = value
+        _memo.move_to_end(key)
+        while len(_memo) > _MEMO_MAX:
+            _memo.popitem(last=False)
 
 
 def _safe_call(

@@ -159,6 +159,16 @@ class WriteSession:
         self.referenced: set[bytes] = set()
         self.held: list[Location] = []  # blob locations put, until released
         self._lock = threading.Lock()
+        self._watchers: list[threading.Event] = []
+
+    def watch_new(self, event: threading.Event) -> None:
+        """Set ``event`` once this session stores a chunk the store did not hold
+        (at once if it has already)."""
+        with self._lock:
+            if self.new:
+                event.set()
+            else:
+                self._watchers.append(event)
 
     def _known(self, digest: bytes) -> bool:
         return digest in self.new or self.store.lookup(digest) is not None
@@ -192,6 +202,10 @@ class WriteSession:
                 self.held.append(loc)
                 rec = ChunkRecord(codec, n, loc)
             self.new[digest] = rec
+            if self._watchers:
+                for event in self._watchers:
+                    event.set()
+                self._watchers.clear()
         return digest
 
     def relocate(self, digest: bytes, rec: ChunkRecord, payload: bytes) -> Location:
@@ -362,10 +376,13 @@ class ChunkWriter(io.RawIOBase):
                 self._drain()  # the caller may reuse its buffer once this returns
                 self._buf = bytearray(view[start:])
                 return
-            take = min(n - pos, window - len(self._buf))
+            # Before a large write is cut in place, the piece carried from the
+            # last write needs only enough bytes to end (a maximum chunk).
+            target = cutter.max_size + 1 if n - pos >= window else window
+            take = min(n - pos, max(0, target - len(self._buf)))
             self._buf += mv[pos : pos + take]
             pos += take
-            if len(self._buf) < window:
+            if len(self._buf) < target:
                 return
             buf, self._buf = self._buf, bytearray()
             start = self._cut(cutter, memoryview(buf), final=False)
