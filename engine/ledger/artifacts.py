@@ -103,7 +103,7 @@ def prepare(
     session = session or ledger.chunks.session()
     files = WriteFiles(session, ledger.secret, secret_problem=ledger.secret_problem)
     meta_job: Future[Any] | None = None
-    saved = threading.Event()  # set when the save ends or first stores a new chunk
+    beside: _Beside | None = None
     try:
         m = cls(files)
         reuse = _reuse_key(m, obj)
@@ -114,8 +114,8 @@ def prepare(
             if reuse is None:
                 meta_job = _side_pool().submit(m.extract_metadata, obj)
             else:
-                session.watch_new(saved)
-                meta_job = _side_pool().submit(_extract_if_new, m, obj, saved, session)
+                beside = _Beside(m, obj)
+                session.watch_new(beside.start)
         m.save(obj)
         files.finish()
     except StoreSecretError as e:
@@ -133,7 +133,8 @@ def prepare(
             f"as artifact {name!r}: {e}"
         ) from e
     finally:
-        saved.set()
+        if beside is not None:
+            meta_job = beside.close()
         if meta_job is not None:
             concurrent.futures.wait([meta_job])
     entries = list(files.entries.values())
@@ -265,13 +266,6 @@ def _side_pool() -> ThreadPoolExecutor:
         return _side
 
 
-class _Deferred:
-    """What the side job returns when the save stored no new chunk."""
-
-
-_DEFERRED = _Deferred()
-
-
 def _reuse_key(m: Any, obj: Any) -> Any:
     """The materializer's metadata reuse key for ``obj`` (None if it has none
     or it is not hashable)."""
@@ -283,9 +277,26 @@ def _reuse_key(m: Any, obj: Any) -> Any:
     return key
 
 
-def _extract_if_new(m: Any, obj: Any, saved: threading.Event, session: WriteSession) -> Any:
-    saved.wait()
-    return m.extract_metadata(obj) if session.new else _DEFERRED
+class _Beside:
+    """Extracts an object's metadata on the side thread once its save stores a
+    chunk the store did not hold (content it holds may have it memoized)."""
+
+    def __init__(self, m: Any, obj: Any) -> None:
+        self._m, self._obj = m, obj
+        self._lock = threading.Lock()
+        self._job: Future[Any] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        with self._lock:
+            if not self._closed and self._job is None:
+                self._job = _side_pool().submit(self._m.extract_metadata, self._obj)
+
+    def close(self) -> Future[Any] | None:
+        """The extraction started, if one did; none starts after this."""
+        with self._lock:
+            self._closed = True
+            return self._job
 
 
 def _extracted_metadata(
@@ -298,7 +309,7 @@ def _extracted_metadata(
 ) -> Any:
     """What ``m.extract_metadata(obj)`` returns: the side ``job``'s result, else
     the memo's under ``key``, else computed now (and memoized under ``key``)."""
-    if job is not None and (job.exception() is not None or job.result() is not _DEFERRED):
+    if job is not None:
         extracted = _safe_call(lambda _: job.result(), obj, what, warn)
     else:
         extracted = None if key is None else _memo_get(key)

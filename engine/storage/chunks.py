@@ -160,16 +160,16 @@ class WriteSession:
         self.referenced: set[bytes] = set()
         self.held: list[Location] = []  # blob locations put, until released
         self._lock = threading.Lock()
-        self._watchers: list[threading.Event] = []
+        self._watchers: list[Callable[[], None]] = []
 
-    def watch_new(self, event: threading.Event) -> None:
-        """Set ``event`` once this session stores a chunk the store did not hold
-        (at once if it has already)."""
+    def watch_new(self, call: Callable[[], None]) -> None:
+        """Call ``call`` once this session stores a chunk the store did not hold
+        (at once if it has already; it must be quick and not write)."""
         with self._lock:
-            if self.new:
-                event.set()
-            else:
-                self._watchers.append(event)
+            if not self.new:
+                self._watchers.append(call)
+                return
+        call()
 
     def _known(self, digest: bytes) -> bool:
         return digest in self.new or self.store.lookup(digest) is not None
@@ -214,10 +214,9 @@ class WriteSession:
                 self.held.append(loc)
                 rec = ChunkRecord(codec, n, loc)
             self.new[digest] = rec
-            if self._watchers:
-                for event in self._watchers:
-                    event.set()
-                self._watchers.clear()
+            watchers, self._watchers = self._watchers, []
+        for call in watchers:
+            call()
         return digest
 
     def relocate(self, digest: bytes, rec: ChunkRecord, payload: bytes) -> Location:
