@@ -92,15 +92,15 @@ def test_recent_cuts_are_bounded() -> None:
 
 def arrays() -> dict[str, Any]:
     rng = np.random.default_rng(4)
-    big = np.round(rng.standard_normal((3 << 20) // 4) * 0.02, 3).astype(np.float32)  # 12 MiB
+    big = np.round(rng.standard_normal(3 << 20) * 0.02, 3).astype(np.float32)  # 12 MiB
     small = rng.standard_normal((64, 100))
     return {
         "big": big,
-        "big 2-d": big.reshape(-1, 768),
+        "big 2-d": big.reshape(-1, 1024),
         "big as int32": big.view(np.int32),
         "big as uint8": big.view(np.uint8),
         "big strided": big[::3],
-        "big fortran": np.asfortranarray(big.reshape(-1, 768)),
+        "big fortran": np.asfortranarray(big.reshape(-1, 1024)),
         "small": small,
         "small transposed": small.T,
         "small as float32": small.view(np.float32),
@@ -145,7 +145,7 @@ def test_statistics_are_reused_only_for_the_same_content(monkeypatch: pytest.Mon
     store.save_artifact(big[:], "a")  # another view: same content and layout
     assert len(calls) == 1
     store.save_artifact(big.view(np.int32), "a")
-    store.save_artifact(big.reshape(-1, 768), "a")
+    store.save_artifact(big.reshape(-1, 1024), "a")
     store.save_artifact(big + 1, "a")
     assert len(calls) == 4
     store.close()
@@ -181,4 +181,16 @@ def test_the_metadata_memo_is_bounded_and_keyed_by_content(
     assert (ident, version, chash) == (art.materializer, 1, art.content_hash)
     assert np.dtype(np.int64) in reuse and (8,) in reuse
     assert artifacts._memo[key]["max"] == artifacts._MEMO_MAX + 9
+    store.close()
+
+
+def test_a_save_leaves_no_watcher_on_a_shared_session() -> None:
+    store = Store.memory()
+    big = arrays()["big"]
+    store.save_artifact(big, "a")
+    session = store.ledger.chunks.session()
+    p = artifacts.prepare(store.ledger, big, "a", session=session)  # all chunks known
+    assert not session._watchers and not session.new
+    artifacts.commit_artifacts(store.ledger, [p])
+    assert store.get_artifact("a").metadata == store.get_artifact("a", 1).metadata
     store.close()

@@ -134,6 +134,7 @@ def prepare(
         ) from e
     finally:
         if beside is not None:
+            session.unwatch_new(beside.start)  # the session may outlive this save
             meta_job = beside.close()
         if meta_job is not None:
             concurrent.futures.wait([meta_job])

@@ -171,6 +171,12 @@ class WriteSession:
                 return
         call()
 
+    def unwatch_new(self, call: Callable[[], None]) -> None:
+        """Forget ``call`` if :meth:`watch_new` has not called it yet."""
+        with self._lock:
+            if call in self._watchers:
+                self._watchers.remove(call)
+
     def _known(self, digest: bytes) -> bool:
         return digest in self.new or self.store.lookup(digest) is not None
 
