@@ -12,7 +12,7 @@ import io
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, ClassVar, Literal, overload
 
@@ -75,6 +75,14 @@ class BaseMaterializer:
         ``makedirs``, ``listdir`` ... over paths inside :attr:`uri` (a real
         directory, so it costs what :attr:`uri` costs; prefer :meth:`open`)."""
         return LocalArtifactStore(self.uri)
+
+    def _metadata_reuse_key(self, data: Any) -> Hashable | None:
+        """What :meth:`extract_metadata` of ``data`` depends on besides the bytes
+        of the files :meth:`save` wrote, when it depends on nothing else: the
+        engine then reuses the metadata it extracted from an object saved with
+        the same content and key instead of extracting it again. None (the
+        default): extracted on every save."""
+        return None
 
     @classmethod
     def can_handle_type(cls, data_type: type) -> bool:

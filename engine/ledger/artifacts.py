@@ -10,13 +10,17 @@ caller adds.
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import secrets
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import xxhash
 
 from engine.errors import (
     ArtledgerError,
@@ -99,11 +103,19 @@ def prepare(
     session = session or ledger.chunks.session()
     files = WriteFiles(session, ledger.secret, secret_problem=ledger.secret_problem)
     meta_job: Future[Any] | None = None
+    beside: _Beside | None = None
     try:
         m = cls(files)
+        reuse = _reuse_key(m, obj)
         if getattr(obj, "nbytes", 0) >= _OVERLAP_METADATA:
-            # Large arrays: compute statistics while the bytes are hashed and written.
-            meta_job = _side_pool().submit(m.extract_metadata, obj)
+            # Large arrays: compute statistics while the bytes are hashed and
+            # written; when they may be reused, only once a chunk proves the
+            # content new (bytes the store holds cost only their hashing).
+            if reuse is None:
+                meta_job = _side_pool().submit(m.extract_metadata, obj)
+            else:
+                beside = _Beside(m, obj)
+                session.watch_new(beside.start)
         m.save(obj)
         files.finish()
     except StoreSecretError as e:
@@ -121,17 +133,19 @@ def prepare(
             f"as artifact {name!r}: {e}"
         ) from e
     finally:
+        if beside is not None:
+            session.unwatch_new(beside.start)  # the session may outlive this save
+            meta_job = beside.close()
         if meta_job is not None:
             concurrent.futures.wait([meta_job])
     entries = list(files.entries.values())
     chash = content_hash(entries)
     size = sum(f.size for f in entries)
-    extracted = _safe_call(
-        m.extract_metadata if meta_job is None else (lambda _: meta_job.result()),
-        obj,
-        f"{ident}.extract_metadata",
-        warn,
-    )
+    memo_key = None
+    if reuse is not None:
+        chunks = b"".join(c for f in entries for c in f.chunks)  # seeded digests
+        memo_key = (ident, getattr(cls, "VERSION", 1), chash, xxhash.xxh3_128_digest(chunks), reuse)
+    extracted = _extracted_metadata(m, obj, meta_job, memo_key, f"{ident}.extract_metadata", warn)
     meta = plain(extracted or {}, where=f"metadata extracted by {ident}")
     meta.update({"size": size, "content_hash": chash, "materializer": ident})
     vis: list[list[Any]] = []
@@ -251,6 +265,88 @@ def _side_pool() -> ThreadPoolExecutor:
         if _side is None:
             _side = ThreadPoolExecutor(1, thread_name_prefix="artledger-meta")
         return _side
+
+
+def _reuse_key(m: Any, obj: Any) -> Any:
+    """The materializer's metadata reuse key for ``obj`` (None if it has none
+    or it is not hashable)."""
+    try:
+        key = m._metadata_reuse_key(obj)
+        hash(key)
+    except Exception:
+        return None
+    return key
+
+
+class _Beside:
+    """Extracts an object's metadata on the side thread once its save stores a
+    chunk the store did not hold (content it holds may have it memoized)."""
+
+    def __init__(self, m: Any, obj: Any) -> None:
+        self._m, self._obj = m, obj
+        self._lock = threading.Lock()
+        self._job: Future[Any] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        with self._lock:
+            if not self._closed and self._job is None:
+                self._job = _side_pool().submit(self._m.extract_metadata, self._obj)
+
+    def close(self) -> Future[Any] | None:
+        """The extraction started, if one did; none starts after this."""
+        with self._lock:
+            self._closed = True
+            return self._job
+
+
+def _extracted_metadata(
+    m: Any,
+    obj: Any,
+    job: Future[Any] | None,
+    key: Hashable | None,
+    what: str,
+    warn: Callable[[str], None] | None,
+) -> Any:
+    """What ``m.extract_metadata(obj)`` returns: the side ``job``'s result, else
+    the memo's under ``key``, else computed now (and memoized under ``key``)."""
+    if job is not None:
+        extracted = _safe_call(lambda _: job.result(), obj, what, warn)
+    else:
+        extracted = None if key is None else _memo_get(key)
+        if extracted is not None:
+            return extracted
+        extracted = _safe_call(m.extract_metadata, obj, what, warn)
+    if key is not None and isinstance(extracted, dict):
+        _memo_put(key, extracted)
+    return extracted
+
+
+_MEMO_MAX = 128
+_memo: OrderedDict[Hashable, dict[str, Any]] = OrderedDict()
+_memo_lock = threading.Lock()
+
+
+def _memo_get(key: Hashable) -> dict[str, Any] | None:
+    """A copy of the metadata memoized under ``key`` (content hash, chunk
+    digests, materializer and its reuse key), or None."""
+    with _memo_lock:
+        found = _memo.get(key)
+        if found is None:
+            return None
+        _memo.move_to_end(key)
+    return copy.deepcopy(found)
+
+
+def _memo_put(key: Hashable, extracted: dict[str, Any]) -> None:
+    """Memoize a copy of ``extracted``; the least recently used entry beyond
+    :data:`_MEMO_MAX` is dropped."""
+    value = copy.deepcopy(extracted)
+    with _memo_lock:
+        _memo[key] = value
+        _memo.move_to_end(key)
+        while len(_memo) > _MEMO_MAX:
+            _memo.popitem(last=False)
 
 
 def _safe_call(

@@ -17,6 +17,7 @@ opening a store stays light.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 CDC = "cdc"
@@ -44,23 +45,22 @@ class Cutter:
         self.align = max(1, align)
         self._cdc: Any = pyfastcdc.FastCDC(avg, min_size=low, max_size=top)
 
-    def cuts(self, buf: memoryview, final: bool) -> list[int]:
+    def cuts(self, buf: memoryview, final: bool) -> Iterator[int]:
         """The ends of the chunks ``buf`` holds, from its start. Unless ``final``
         (the file ends with ``buf``), the last piece is left out: its end was
         forced by the end of the buffer, not found in the content. Ends are
         rounded down to multiples of ``align`` (a numeric file's element
-        size), so a chunk holds whole elements, as shuffling needs."""
-        out: list[int] = []
+        size), so a chunk holds whole elements, as shuffling needs. Lazy: a
+        caller hands each chunk on before the next is cut."""
         start, n, align = 0, len(buf), self.align
         while start < n:
             length = next(iter(self._cdc.cut_buf(buf[start:]))).length
             end = start + length
             if end >= n:
                 if final:
-                    out.append(n)
+                    yield n
                 break
             if align > 1 and length > align:
                 end -= length % align
-            out.append(end)
+            yield end
             start = end
-        return out

@@ -15,7 +15,6 @@ checked against its digest.
 
 from __future__ import annotations
 
-import io
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -26,9 +25,10 @@ import xxhash
 
 from engine.errors import IntegrityError
 from engine.storage.blobs import BlobStore, Location
-from engine.storage.cdc import CDC, FIXED, STRATEGIES, Cutter
+from engine.storage.cdc import FIXED
 from engine.storage.chunk_reader import ChunkReader
 from engine.storage.chunk_records import ChunkRecord, FileEntry, content_hash
+from engine.storage.chunk_writer import INLINE_POOL_MAX, ChunkWriter, RecentCuts
 from engine.storage.codecs import (
     CODEC_RAW,
     MIN_SAVING,
@@ -53,8 +53,6 @@ __all__ = [
 ]
 
 INLINE_MAX = 2048
-INLINE_POOL_MAX = 64 << 10  # chunks this small are encoded in the writing thread
-HASH_IN_POOL = 1 << 20  # content-defined writes this large hash the file in the pool
 
 T = TypeVar("T")
 
@@ -82,6 +80,9 @@ class ChunkStore:
         self.level = level
         self.workers = workers
         self._pool: ThreadPoolExecutor | None = None
+        self.recent = RecentCuts()
+        """Where the content-defined files written lately were cut (a file
+        written again skips cutting, see :class:`ChunkWriter`)."""
         self._pool_lock = threading.Lock()
 
     @property
@@ -159,6 +160,22 @@ class WriteSession:
         self.referenced: set[bytes] = set()
         self.held: list[Location] = []  # blob locations put, until released
         self._lock = threading.Lock()
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch_new(self, call: Callable[[], None]) -> None:
+        """Call ``call`` once this session stores a chunk the store did not hold
+        (at once if it has already; it must be quick and not write)."""
+        with self._lock:
+            if not self.new:
+                self._watchers.append(call)
+                return
+        call()
+
+    def unwatch_new(self, call: Callable[[], None]) -> None:
+        """Forget ``call`` if :meth:`watch_new` has not called it yet."""
+        with self._lock:
+            if call in self._watchers:
+                self._watchers.remove(call)
 
     def _known(self, digest: bytes) -> bool:
         return digest in self.new or self.store.lookup(digest) is not None
@@ -166,8 +183,19 @@ class WriteSession:
     def _encode(self, chunk: memoryview, itemsize: int = 0) -> tuple[bytes, int, Any, int]:
         """Hash ``chunk`` and, when new, encode it under the codec the sample test
         picks (``itemsize``: the element size of the numbers it holds, 0 if none)."""
+        return self._encode_digest(self.store.digest(chunk), chunk, itemsize)
+
+    def _encode_expected(
+        self, chunk: memoryview, itemsize: int, expected: bytes
+    ) -> tuple[bytes, int, Any, int] | None:
+        """:meth:`_encode` when ``chunk``'s digest is ``expected``, else None."""
+        digest = self.store.digest(chunk)
+        return None if digest != expected else self._encode_digest(digest, chunk, itemsize)
+
+    def _encode_digest(
+        self, digest: bytes, chunk: memoryview, itemsize: int
+    ) -> tuple[bytes, int, Any, int]:
         store = self.store
-        digest = store.digest(chunk)
         n = len(chunk)
         if self._known(digest):
             return digest, -1, None, n
@@ -192,6 +220,9 @@ class WriteSession:
                 self.held.append(loc)
                 rec = ChunkRecord(codec, n, loc)
             self.new[digest] = rec
+            watchers, self._watchers = self._watchers, []
+        for call in watchers:
+            call()
         return digest
 
     def relocate(self, digest: bytes, rec: ChunkRecord, payload: bytes) -> Location:
@@ -253,153 +284,3 @@ class WriteSession:
 
     def index_entries(self) -> dict[bytes, ChunkRecord]:
         return self.new
-
-
-class ChunkWriter(io.RawIOBase):
-    """A writable binary file that streams into chunks; ``close`` finishes it."""
-
-    def __init__(
-        self,
-        session: WriteSession,
-        name: str,
-        on_close: Callable[[FileEntry], None],
-        *,
-        itemsize: int = 0,
-        chunking: str | None = None,
-    ):
-        super().__init__()
-        self._s = session
-        self._itemsize = itemsize
-        chunking = chunking or session.store.chunking
-        if chunking not in STRATEGIES:
-            raise ValueError(f"unknown chunking {chunking!r}; use one of {STRATEGIES}")
-        self._cutter = Cutter(session.store.chunk_size, itemsize) if chunking == CDC else None
-        self.name = name
-        self._on_close = on_close
-        self._cs = session.store.chunk_size
-        self._buf = bytearray()
-        self._hash = xxhash.xxh3_128()
-        self._size = 0
-        self._digests: list[bytes] = []
-        self._inflight: deque[Future[tuple[bytes, int, Any, int]]] = deque()
-        self._window = max(2, session.store.workers * 2)
-        self.entry: FileEntry | None = None
-
-    def writable(self) -> bool:
-        return True
-
-    def _submit(self, chunk: memoryview) -> None:
-        if not self._inflight and len(chunk) <= INLINE_POOL_MAX:
-            # Small chunks: a thread hop costs more than the work.
-            self._digests.append(self._s._store(self._s._encode(chunk, self._itemsize)))
-            return
-        while len(self._inflight) >= self._window:
-            self._digests.append(self._s._store(self._inflight.popleft().result()))
-        self._inflight.append(self._s.store.pool.submit(self._s._encode, chunk, self._itemsize))
-
-    def _drain(self) -> None:
-        while self._inflight:
-            self._digests.append(self._s._store(self._inflight.popleft().result()))
-
-    def write(self, b: Any) -> int:
-        if self.closed:
-            raise ValueError("write to a closed artifact file")
-        mv = memoryview(b)
-        if not mv.contiguous:
-            mv = memoryview(mv.tobytes())
-        mv = mv.cast("B")
-        n = len(mv)
-        if not n:
-            return 0
-        self._size += n
-        if self._cutter is not None:
-            # The file's hash runs in the pool while the main thread cuts (both
-            # release the GIL); it is done before the caller gets its buffer back.
-            big = n >= HASH_IN_POOL
-            job = self._s.store.pool.submit(self._hash.update, mv) if big else None
-            if job is None:
-                self._hash.update(mv)
-            try:
-                self._write_cdc(mv)
-            finally:
-                if job is not None:
-                    job.result()
-            return n
-        self._hash.update(mv)
-        cs = self._cs
-        pos = 0
-        if self._buf:
-            take = min(cs - len(self._buf), n)
-            self._buf += mv[:take]
-            pos = take
-            if len(self._buf) == cs:
-                chunk, self._buf = self._buf, bytearray()
-                self._submit(memoryview(chunk))
-        if n - pos >= cs:
-            # Large write: chunk the caller's buffer in place, and finish with it
-            # before returning (the caller may reuse it afterwards).
-            full = pos + (n - pos) // cs * cs
-            for off in range(pos, full, cs):
-                self._submit(mv[off : off + cs])
-            self._drain()
-            pos = full
-        if pos < n:
-            self._buf += mv[pos:]
-        return n
-
-    def _write_cdc(self, mv: memoryview) -> None:
-        """Content-defined chunks: bytes are gathered (at most two maximum chunks)
-        until the cutter finds boundaries; a large write is cut in place, and
-        the piece after its last boundary is carried to the next write."""
-        cutter = self._cutter
-        assert cutter is not None
-        window = 2 * cutter.max_size
-        pos, n = 0, len(mv)
-        while pos < n:
-            if not self._buf and n - pos >= window:
-                view = mv[pos:]
-                start = self._cut(cutter, view, final=False)
-                self._drain()  # the caller may reuse its buffer once this returns
-                self._buf = bytearray(view[start:])
-                return
-            take = min(n - pos, window - len(self._buf))
-            self._buf += mv[pos : pos + take]
-            pos += take
-            if len(self._buf) < window:
-                return
-            buf, self._buf = self._buf, bytearray()
-            start = self._cut(cutter, memoryview(buf), final=False)
-            back = len(buf) - start
-            if back <= take:
-                pos -= back  # the unfinished piece is the caller's: re-read it in place
-            else:
-                self._buf = buf[start:]
-
-    def _cut(self, cutter: Cutter, view: memoryview, final: bool) -> int:
-        """Submit the chunks ``cutter`` finds in ``view``; where the rest begins."""
-        start = 0
-        for end in cutter.cuts(view, final):
-            self._submit(view[start:end])
-            start = end
-        return start
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        try:
-            if self._buf and self._cutter is not None:
-                self._cut(self._cutter, memoryview(bytes(self._buf)), final=True)
-                self._buf = bytearray()
-            elif self._buf:
-                self._submit(memoryview(bytes(self._buf)))
-                self._buf = bytearray()
-            self._drain()
-            layout: dict[str, Any] = {"itemsize": self._itemsize} if self._itemsize > 1 else {}
-            if self._cutter is not None:
-                layout["cut"] = CDC
-            self.entry = FileEntry(
-                self.name, self._size, self._hash.hexdigest(), self._digests, layout or None
-            )
-            self._on_close(self.entry)
-        finally:
-            super().close()
