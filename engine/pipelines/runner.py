@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import secrets
+import time
 import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -211,12 +212,17 @@ class _Runner:
         )
 
     def execute(self) -> None:
+        ledger = self.store.ledger
         for i, p in enumerate(self.plans):
+            ledger.refresh_window()
+            started = time.perf_counter()
             try:
-                self.step(p)
+                executed = self.step(p)
             except BaseException as exc:
                 self.fail(p, i, exc)
                 raise
+            if executed:  # its commit is pending: settle once the window holds enough
+                ledger.ran(time.perf_counter() - started)
         self.store.ledger.commit(lambda txn: [(RUN_COMPLETED, {"id": self.run_id})])
 
     def fail(self, p: _Plan, index: int, exc: BaseException) -> None:
@@ -262,7 +268,8 @@ class _Runner:
                 out[name] = self.externals[inv.id][name]
         return out
 
-    def step(self, p: _Plan) -> None:
+    def step(self, p: _Plan) -> bool:
+        """Run or reuse one invocation; whether it ran."""
         inv, st = p.inv, p.inv.step
         inputs = self.inputs_of(inv)
         components = key = None
@@ -307,7 +314,7 @@ class _Runner:
                         ]
                     )
                     self.results[inv.id] = found.outputs
-                    return
+                    return False
                 if found.reason is not None:
                     reasons = [found.reason]
                 else:
@@ -342,6 +349,7 @@ class _Runner:
         )
         result = self.call(inv, inputs, p.context)
         self.results[inv.id] = self.save(p, p.context, inputs, result)
+        return True
 
     def call(self, inv: Invocation, inputs: dict[str, dict[str, Any]], ctx: StepContext) -> Any:
         st = inv.step
@@ -425,6 +433,11 @@ def run_pipeline(
                 raise PipelineError(f"step {inv.id}: input {h!r} is not from this pipeline")
     plans = plan(dag, enable_cache)
     runner = _Runner(store, dag, plans)
-    runner.start(enable_cache)
-    runner.execute()
+    opened = store.ledger.open_window()
+    try:
+        runner.start(enable_cache)
+        runner.execute()
+    finally:
+        if opened:
+            store.ledger.close_window()
     return store.get_run(runner.run_id)
