@@ -113,7 +113,8 @@ class PendingWindows:
     deferrable: ClassVar[bool] = True
     kv: KV
     readonly: str | None
-    commit_seconds: float  # moving mean of this ledger's durable KV writes
+    commit_seconds: float  # moving mean of this ledger's durable commits
+    batching: bool  # a settle of several commits is under way (not timed)
     #: A window settles once its steps ran longer than this many durable commits.
     budget_commits: float = BUDGET_COMMITS
     _local: threading.local
@@ -188,8 +189,10 @@ class PendingWindows:
         try:
             self.kv.set_pending(None)
             state = self._flush_blobs(w.sessions)
+            self.batching = len(w.queued) > 1
             self._write(state, [], w.replay, "this run's pending steps")
         finally:
+            self.batching = False
             w.reset()
         failpoints.hit("commit.after")
 

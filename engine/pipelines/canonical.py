@@ -314,6 +314,32 @@ def canonical(value: Any, path: str = "value", *, step: str | None = None) -> by
         ) from None
 
 
+def canonical_flat(value: dict[str, Any]) -> bytes:
+    """``canonical(value)`` (the same bytes) for the shape of a cache key's body: a
+    dict of str keys to str, None, 64-bit ints or dicts of str to str, without
+    the general encoder; any other shape goes through :func:`canonical`."""
+    pairs: list[tuple[bytes, bytes]] = []
+    for k, v in value.items():
+        t = type(v)
+        if t is dict:
+            inner: list[tuple[bytes, bytes]] = []
+            for ik, iv in v.items():
+                if type(ik) is not str or type(iv) is not str:
+                    return canonical(value)
+                inner.append((pack(ik), pack(iv)))
+            inner.sort()
+            encoded = _ext(_DICT, b"".join(a + b for a, b in inner))
+        elif v is None or t is str or (t is int and INT_MIN <= v <= INT_MAX):
+            encoded = pack(v)
+        else:
+            return canonical(value)
+        if type(k) is not str:
+            return canonical(value)
+        pairs.append((pack(k), encoded))
+    pairs.sort()
+    return _ext(_DICT, b"".join(a + b for a, b in pairs))
+
+
 def canonical_or_none(value: Any) -> bytes | None:
     """:func:`canonical` bytes of ``value``, or None when it has no canonical form."""
     try:

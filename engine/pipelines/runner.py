@@ -12,16 +12,23 @@ Order of work for ``store.run(pipeline, **params)``:
    hit (``step.cached``, pointing at the reused artifact versions; no bytes
    move) or runs: ``step.started``, the function (with its
    :class:`~engine.pipelines.context.StepContext` current), then its outputs
-   (:mod:`engine.pipelines.saving`) and ``step.completed`` in **one** durable
-   commit.
-3. ``run.completed`` commits durably. ``run.started``, ``step.started`` and
-   ``step.cached`` are deferred: they ride along with the next durable
-   commit, so a fully cached run costs one commit.
+   (:mod:`engine.pipelines.saving`) and ``step.completed`` in **one**
+   commit, into the run's pending window (:mod:`engine.ledger.window`): the
+   window commits durably, in one commit, once the executed steps it holds
+   ran longer (summed) than the ledger's budget, about ten of its measured
+   durable commits; so a step that ran longer than the budget is durable
+   before the next step starts. Later steps of the run see what is pending.
+3. ``run.completed`` and whatever is pending commit durably: when
+   ``store.run`` returns (or raises), every event of the run is durable.
+   ``run.started``, ``step.started`` and ``step.cached`` are deferred: they
+   ride along with the next commit, so a fully cached run costs one commit.
 
 A failing step records ``step.failed``, marks every step that has not run
-``skipped`` and the run ``failed`` (one durable commit), keeps the outputs of
-the steps that completed (the next run reuses them), then re-raises the
-step's own exception.
+``skipped`` and the run ``failed`` (one durable commit, with the completed
+steps still pending), keeps the outputs of the steps that completed (the next
+run reuses them), then re-raises the step's own exception. A crash loses at
+most the pending window's steps (none of them acknowledged); see
+docs/design.md, "Durability that pays for itself".
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ from engine.pipelines.context import StepContext, running
 from engine.pipelines.definition import Dag, Invocation, OutputHandle, Pipeline
 from engine.pipelines.explain import CACHE_DISABLED, miss_reasons
 from engine.pipelines.external import ExternalArtifact, as_external
+from engine.pipelines.fingerprint import CodeFingerprint, code_fingerprint
 from engine.pipelines.saving import choose_materializer, output_values, prepare_outputs
 from engine.query.models import ArtifactVersion
 
@@ -126,14 +134,19 @@ def _caching(run_option: bool | None, inv: Invocation, pipe: Pipeline) -> bool:
 def plan(dag: Dag, enable_cache: bool | None) -> list[_Plan]:
     """Resolve caching and encode every parameter up front (errors before any event)."""
     plans: list[_Plan] = []
+    fingerprints: dict[int, CodeFingerprint] = {}  # per step function, within this plan
     for inv in dag.invocations.values():
         st = inv.step
+
         caching = _caching(enable_cache, inv, dag.pipeline)
         outputs = {
             name: _output_identity(st.output_materializers.get(name), tp)
             for name, tp in zip(st.outputs.names, st.outputs.types, strict=True)
         }
         try:
+            fp = fingerprints.get(id(st.func))
+            if fp is None:
+                fp = fingerprints[id(st.func)] = code_fingerprint(st.func)
             base: KeyComponents | None = KeyComponents.create(
                 st.func,
                 step_name=st.name,
@@ -141,6 +154,7 @@ def plan(dag: Dag, enable_cache: bool | None) -> list[_Plan]:
                 inputs={},
                 outputs=outputs,
                 cache_version=st.cache_version,
+                fingerprint=fp,
             )
         except UnhashableParameterError:
             if caching:

@@ -98,8 +98,17 @@ class Overlay(Txn):
         for db in child.dropped:
             self.drop(db)
         for db, w in child.writes.items():
-            for key in child.keys[db]:
-                self._set(db, key, w[key])
+            mine = self.writes.get(db)
+            if mine is None:
+                self.writes[db] = dict(w)
+                self.keys[db] = list(child.keys[db])
+                continue
+            new = [k for k in child.keys[db] if k not in mine]
+            mine.update(w)
+            if new:  # two sorted runs: one merge pass
+                keys = self.keys[db]
+                keys += new
+                keys.sort()
 
     def apply(self, txn: Txn) -> None:
         """Replay the write-set into ``txn`` (drops, then puts and deletes in key order)."""
