@@ -62,3 +62,7 @@ def test_key_shortcuts_agree_with_the_general_key(a: KeyComponents, b: KeyCompon
     assert (explain_difference(a, b, "s") == []) == (_general_key(a) == _general_key(b))
     changed = dataclasses.replace(a, inputs={**a.inputs, "z": "new"})
     assert changed.key() == _general_key(changed) != a.key()
+    for inputs in (b.inputs, {}, {"z": "new"}):  # the runner's path: shared encoded fields
+        step = a.with_inputs(dict(inputs))
+        assert step == dataclasses.replace(a, inputs=dict(inputs))
+        assert step.key() == _general_key(step)

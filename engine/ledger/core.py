@@ -124,7 +124,6 @@ class Ledger(PendingWindows):
         self._deferred_lock = threading.Lock()
         self._local = threading.local()  # .window: this thread's pending window
         self.commit_seconds = INITIAL_COMMIT_ESTIMATE  # moving mean of durable commits
-        self.batching = False  # set while a window settles more than one commit
         self._init(create, identity, genesis)
         seed_raw = self.meta(b"seed")
         if seed_raw is None:
@@ -412,9 +411,8 @@ class Ledger(PendingWindows):
             out = self.kv.write(fn)
         except _ChunkGoneError as e:
             raise e.error(what) from None
-        if not self.batching:  # a window's settle of many commits is no single commit's cost
-            took = time.perf_counter() - started - ran[0]
-            self.commit_seconds += 0.2 * (took - self.commit_seconds)
+        took = time.perf_counter() - started - ran[0]
+        self.commit_seconds += 0.2 * (took - self.commit_seconds)
         return out
 
     def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:

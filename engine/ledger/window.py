@@ -3,8 +3,8 @@
 A pipeline run opens a window in its thread (:meth:`Ledger.open_window`).
 While it is open, every commit from that thread (:meth:`Ledger.commit`) runs
 its transaction function against an :class:`~engine.storage.kv.overlay.Overlay`
-over a read snapshot taken when the window opened, instead of a durable KV
-write: the events are appended and folded, the chunks indexed, but only in
+over a read snapshot taken at the window's first commit, instead of a durable
+KV write: the events are appended and folded, the chunks indexed, but only in
 memory. The thread's reads (``kv.snapshot()``, ``kv.read()``, hence the
 catalog and cache lookups) see that overlay; every other thread and process
 sees the store as committed. Blob sessions stay held (their pack bytes are
@@ -36,8 +36,10 @@ T = TypeVar("T")
 Records = list[tuple[str, dict[str, Any]]]
 # Before this process has timed a durable commit of its own (seconds).
 INITIAL_COMMIT_ESTIMATE = 0.001
-# A pending window settles once its steps ran longer than this many durable commits.
+# A pending window settles once its steps ran longer than this many durable commits,
 BUDGET_COMMITS = 10
+# or once it holds this many commits (it lives in memory).
+MAX_PENDING = 1000
 
 
 class Window:
@@ -49,31 +51,35 @@ class Window:
         self.kv = kv
         self.base: Txn | None = None
         self.generation: int | None = None
-        self.overlay: Overlay
+        self.overlay: Overlay | None = None  # None: nothing pending, no snapshot held
         self.queued: list[Body] = []
         self.sessions: list[WriteSession] = []
         self.records: list[tuple[str, dict[str, Any]]] = []
         self.ran = 0.0  # summed run time of the steps whose commits are queued
-        self.reset()
 
-    def reset(self) -> None:
-        """Drop the pending commits (committed or abandoned by the caller),
-        release their sessions and start over from a fresh snapshot."""
-        self.end()
+    def begin(self) -> Overlay:
+        """Take the window's snapshot (at its first commit) and show its overlay
+        to this thread's reads."""
         self.base = self.kv.read()
         self.generation = self.kv.generation(self.base)
         self.overlay = Overlay(self.base)
         self.kv.set_pending(self.overlay)
+        return self.overlay
 
-    def end(self) -> None:
-        """Release everything; reads in this thread see the store again."""
+    def reset(self) -> None:
+        """Drop the pending commits (committed or abandoned by the caller) and
+        release their sessions and the snapshot: until the next commit, this
+        thread reads the store as committed."""
         self.kv.set_pending(None)
+        self.overlay = None
         sessions, self.sessions, self.queued, self.ran = self.sessions, [], [], 0.0
         for s in sessions:
             s.release()
         if self.base is not None:
             base, self.base = self.base, None
             self.kv.end_read(base)
+
+    end = reset
 
     @property
     def empty(self) -> bool:
@@ -83,9 +89,15 @@ class Window:
     def commit(self, sessions: list[WriteSession], body: Callable[[Txn], T]) -> T:
         """Run ``body`` against the overlay and queue it; on success the window
         owns ``sessions`` (released when it closes), on failure nothing changed."""
-        child = Overlay(self.overlay)
-        out = body(child)
-        self.overlay.absorb(child)
+        overlay = self.overlay or self.begin()
+        child = Overlay(overlay)
+        try:
+            out = body(child)
+        except BaseException:
+            if not self.queued:
+                self.reset()
+            raise
+        overlay.absorb(child)
         self.queued.append(body)
         self.sessions.extend(sessions)
         return out
@@ -97,6 +109,8 @@ class Window:
 
     def replay(self, txn: Txn) -> None:
         """Write the pending commits into the real transaction ``txn``."""
+        if self.overlay is None:
+            return
         if self.generation is not None and self.kv.generation(txn) == self.generation:
             self.overlay.apply(txn)
         else:
@@ -114,7 +128,6 @@ class PendingWindows:
     kv: KV
     readonly: str | None
     commit_seconds: float  # moving mean of this ledger's durable commits
-    batching: bool  # a settle of several commits is under way (not timed)
     #: A window settles once its steps ran longer than this many durable commits.
     budget_commits: float = BUDGET_COMMITS
     _local: threading.local
@@ -164,20 +177,14 @@ class PendingWindows:
 
     def ran(self, seconds: float) -> None:
         """A step whose commits are pending ran ``seconds``; settle the window
-        once its steps' summed run time exceeds :attr:`budget`."""
+        once its steps' summed run time exceeds :attr:`budget` (or it holds
+        :data:`MAX_PENDING` commits)."""
         w = self.window()
         if w is None:
             return
         w.ran += seconds
-        if w.ran > self.budget:
+        if w.ran > self.budget or len(w.queued) >= MAX_PENDING:
             self.settle()
-
-    def refresh_window(self) -> None:
-        """With nothing pending, read from a fresh snapshot (a window must not
-        pin an old one across long steps)."""
-        w = self.window()
-        if w is not None and w.empty:
-            w.reset()
 
     def settle(self) -> None:
         """Commit this thread's pending window in one durable write (pack
@@ -189,10 +196,8 @@ class PendingWindows:
         try:
             self.kv.set_pending(None)
             state = self._flush_blobs(w.sessions)
-            self.batching = len(w.queued) > 1
             self._write(state, [], w.replay, "this run's pending steps")
         finally:
-            self.batching = False
             w.reset()
         failpoints.hit("commit.after")
 

@@ -20,6 +20,8 @@ from engine.pipelines.canonical import (
     canonical,
     canonical_flat,
     digest,
+    flat_dict,
+    flat_pairs,
     pack,
     short_repr,
 )
@@ -140,17 +142,36 @@ class KeyComponents:
             and self.format_version == other.format_version
         )
 
+    def with_inputs(self, inputs: dict[str, str]) -> KeyComponents:
+        """These components with ``inputs`` (content hashes); the key's other
+        fields are encoded once, on the first such copy, and shared."""
+        fixed = self.__dict__.get("_fixed")
+        if fixed is None:
+            fixed = flat_pairs(self._key_fields(include_inputs=False))
+            object.__setattr__(self, "_fixed", fixed)
+        out = dataclasses.replace(self, inputs=inputs)
+        object.__setattr__(out, "_fixed", fixed)
+        return out
+
+    def _key_fields(self, include_inputs: bool = True) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "code": self.code,
+            "parameters": self.parameters,
+            "outputs": self.outputs,
+            "cache_version": self.cache_version,
+            "format_version": self.format_version,
+        }
+        if include_inputs:
+            fields["inputs"] = self.inputs
+        return fields
+
     def _compute_key(self) -> str:
-        body = canonical_flat(
-            {
-                "code": self.code,
-                "parameters": self.parameters,
-                "inputs": self.inputs,
-                "outputs": self.outputs,
-                "cache_version": self.cache_version,
-                "format_version": self.format_version,
-            }
-        )
+        fixed = self.__dict__.get("_fixed")
+        inputs = None if fixed is None else flat_pairs({"inputs": self.inputs})
+        if fixed is not None and inputs is not None:
+            body = flat_dict(fixed + inputs)
+        else:
+            body = canonical_flat(self._key_fields())
         return digest(b"artledger.cache_key", body)
 
     def to_record(self) -> dict[str, Any]:

@@ -33,7 +33,6 @@ docs/design.md, "Durability that pays for itself".
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import secrets
 import time
@@ -228,7 +227,6 @@ class _Runner:
     def execute(self) -> None:
         ledger = self.store.ledger
         for i, p in enumerate(self.plans):
-            ledger.refresh_window()
             started = time.perf_counter()
             try:
                 executed = self.step(p)
@@ -288,9 +286,7 @@ class _Runner:
         inputs = self.inputs_of(inv)
         components = key = None
         if p.base is not None:
-            components = dataclasses.replace(
-                p.base, inputs={n: a["content_hash"] for n, a in inputs.items()}
-            )
+            components = p.base.with_inputs({n: a["content_hash"] for n, a in inputs.items()})
             key = components.key()
         sid = secrets.token_hex(8)
         common: dict[str, Any] = {
