@@ -390,3 +390,35 @@ def test_the_budget_follows_measured_commits(disk_store: Store) -> None:
     finally:
         ledger.close_window()
     assert time.perf_counter() - started < 5
+
+
+def test_a_run_inside_a_step_is_durable_when_it_returns(disk_store: Store) -> None:
+    from engine import get_step_context, pipeline, step
+
+    disk_store.ledger.budget_commits = 1e9
+
+    @step
+    def inner_step(x: int) -> int:
+        return x * 3
+
+    @pipeline
+    def inner(x: int):
+        return inner_step(x)
+
+    seen: list[str] = []
+
+    @step
+    def outer_step(x: int) -> int:
+        run = get_step_context().store.run(inner, x=x)
+        # Another thread reads the store as committed: the inner run is there.
+        t = threading.Thread(target=lambda: seen.append(disk_store.get_run(run.id).status))
+        t.start()
+        t.join()
+        return x
+
+    @pipeline
+    def outer(x: int):
+        return outer_step(x)
+
+    assert disk_store.run(outer, x=2).status == "completed"
+    assert seen == ["completed"]

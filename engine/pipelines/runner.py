@@ -450,4 +450,6 @@ def run_pipeline(
     finally:
         if opened:
             store.ledger.close_window()
+        else:  # a run inside a step of another run: durable when it returns, too
+            store.ledger.settle()
     return store.get_run(runner.run_id)
