@@ -422,3 +422,43 @@ def test_a_run_inside_a_step_is_durable_when_it_returns(disk_store: Store) -> No
 
     assert disk_store.run(outer, x=2).status == "completed"
     assert seen == ["completed"]
+
+
+def test_a_gc_collecting_a_pending_steps_chunk_fails_the_windows_commit(
+    disk_store: Store,
+) -> None:
+    import numpy as np
+
+    from engine import ConcurrentGcError, pipeline, step
+
+    disk_store.ledger.budget_commits = 1e9
+    data = np.arange(200_000, dtype=np.int64)
+    doomed = disk_store.save_artifact(data, "doomed")
+
+    @step
+    def same(n: int) -> np.ndarray:
+        return np.arange(n, dtype=np.int64)  # dedups against "doomed"'s chunks
+
+    @step
+    def collect(a: np.ndarray) -> int:
+        def other() -> None:  # another thread: nothing committed references the chunks
+            disk_store.delete_artifact(doomed)
+            disk_store.gc(grace=0)
+
+        if not disk_store.get_artifact_by_id(doomed.id).deleted:  # the first run only
+            t = threading.Thread(target=other)
+            t.start()
+            t.join()
+        return int(a.sum())
+
+    @pipeline
+    def p(n: int):
+        return collect(same(n))
+
+    with pytest.raises(ConcurrentGcError, match="concurrent gc"):
+        disk_store.run(p, n=200_000)
+    assert disk_store.verify().ok, disk_store.verify().problems
+    run = disk_store.run(p, n=200_000)  # nothing of the window was committed: all run again
+    assert {sr.status for sr in run.steps.values()} == {"completed"}
+    assert run.steps["collect"].output.load() == int(data.sum())
+    assert disk_store.verify().ok
