@@ -403,6 +403,8 @@ def test_a_fully_cached_run_costs_one_durable_commit(store: Store) -> None:
 
 
 def test_each_executed_step_is_one_commit_plus_the_run_end(store: Store) -> None:
+    # Steps over the deferral budget (here 0) each commit durably before the next starts.
+    store.ledger.budget_commits = 0
     commits = count_commits(store)
     store.run(chain)
     assert commits[0] == 3 + 1

@@ -32,6 +32,7 @@ from engine.errors import (
 from engine.events import STORE_CREATED
 from engine.ledger.layout import IDENTITY, Identity, read_identity, write_identity
 from engine.ledger.secret import fingerprint
+from engine.ledger.window import INITIAL_COMMIT_ESTIMATE, PendingWindows, Window
 from engine.projections import PROJECTION_DBS, apply, fold
 from engine.projections.temporal import TEMPORAL_META
 from engine.storage.blobs import BlobStore, Location
@@ -92,7 +93,7 @@ def retry_on_concurrent_gc(write: Callable[[], T]) -> T:
         return write()
 
 
-class Ledger:
+class Ledger(PendingWindows):
     """The KV (log, chunk index, projections, metadata), the blob store and
     the chunk store of one store, and the commit path over them."""
 
@@ -122,6 +123,9 @@ class Ledger:
         self.closed = False
         self._deferred: Records = []
         self._deferred_lock = threading.Lock()
+        self._local = threading.local()  # .window: this thread's pending window
+        self.commit_seconds = INITIAL_COMMIT_ESTIMATE  # moving mean of durable commits
+        self._flushed = 0.0  # the last blob flush (fsync of pack segments), in seconds
         self._init(create, identity, genesis)
         seed_raw = self.meta(b"seed")
         if seed_raw is None:
@@ -241,6 +245,7 @@ class Ledger:
         if self.closed:
             return
         try:
+            self.close_window()
             self.flush()
         finally:
             self.closed = True
@@ -281,12 +286,23 @@ class Ledger:
     # -- the commit path -------------------------------------------------------------
     def defer(self, records: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Queue events whose loss costs nothing; they ride along with the next
-        durable commit (or :meth:`flush`)."""
+        durable commit (or :meth:`flush`); in a thread with a pending window,
+        with that thread's next commit."""
+        w = self.window()
+        if w is not None:
+            w.records.extend(records)
+            return
         with self._deferred_lock:
             self._deferred.extend(records)
 
     def flush(self) -> None:
-        """Commit deferred events now (durably)."""
+        """Commit deferred events now (durably), and this thread's pending window."""
+        w = self.window()
+        if w is not None:
+            if w.records:
+                self.commit(lambda txn: [])
+            self.settle()
+            return
         with self._deferred_lock:
             if not self._deferred:
                 return
@@ -297,9 +313,13 @@ class Ledger:
     ) -> list[Event]:
         """Append deferred events plus ``build(txn)``'s, fold them, index the
         sessions' chunks, and commit durably, all in one transaction (see
-        :meth:`transact`)."""
+        :meth:`transact`). In a thread with a pending window, the commit is
+        held there (see :meth:`open_window`)."""
         self.check_writable("commit")
         sessions = list(sessions)
+        w = self.window()
+        if w is not None:
+            return self._commit_pending(w, build, sessions)
         try:
             state = self._flush_blobs(sessions)
             with self._deferred_lock:
@@ -315,6 +335,26 @@ class Ledger:
                 s.release()
         failpoints.hit("commit.after")
         return events
+
+    def _commit_pending(
+        self, w: Window, build: Callable[[Txn], Records], sessions: list[WriteSession]
+    ) -> list[Event]:
+        records = w.take_records()
+
+        def body(txn: Txn) -> list[Event]:
+            for s in sessions:
+                _index(txn, s)
+            return self.append(txn, records + build(txn))
+
+        try:
+            return w.commit(sessions, body)
+        except BaseException as e:
+            w.records[:0] = records
+            for s in sessions:
+                s.release()
+            if isinstance(e, _ChunkGoneError):
+                raise e.error("this write") from None
+            raise
 
     def append(self, txn: Txn, records: Records) -> list[Event]:
         """Append events inside a :meth:`transact` body and fold them."""
@@ -336,6 +376,7 @@ class Ledger:
         :meth:`append`). The sessions are released whatever happens.
         ``ConcurrentGcError`` when a deduplicated chunk was collected meanwhile."""
         self.check_writable("commit")
+        self.settle()
         sessions = list(sessions)
         try:
             return self._write(self._flush_blobs(sessions), sessions, body, what)
@@ -344,7 +385,9 @@ class Ledger:
                 s.release()
 
     def _flush_blobs(self, sessions: list[WriteSession]) -> dict[str, int]:
+        started = time.perf_counter()
         state = self.blobs.flush([loc for s in sessions for loc in s.held])
+        self._flushed = time.perf_counter() - started  # part of the next write's cost
         failpoints.hit("commit.before_txn")
         return state
 
@@ -355,23 +398,33 @@ class Ledger:
         body: Callable[[Txn], T],
         what: str,
     ) -> T:
+        ran = [0.0]  # the last run of ``fn``: the rest of the write is the commit's own cost
+
         def fn(txn: Txn) -> T:
+            began = time.perf_counter()
             # Container state first: ``body`` may drop a container (gc compaction).
             record_container_state(txn, state)
             for s in sessions:
                 _index(txn, s)
             out = body(txn)
             failpoints.hit("commit.in_txn")
+            ran[0] = time.perf_counter() - began
             return out
 
+        started = time.perf_counter()
         try:
-            return self.kv.write(fn)
+            out = self.kv.write(fn)
         except _ChunkGoneError as e:
             raise e.error(what) from None
+        took = time.perf_counter() - started - ran[0] + self._flushed
+        self._flushed = 0.0
+        self.commit_seconds += 0.2 * (took - self.commit_seconds)
+        return out
 
     def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Drop every projection and fold the whole log again; events folded."""
         self.check_writable("rebuild the projections")
+        self.settle()
         self.flush()
 
         def fn(txn: Txn) -> int:

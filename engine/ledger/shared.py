@@ -59,6 +59,7 @@ def _record_sync_time(local: Txn) -> None:
 
 
 class SharedLedger(Ledger):
+    deferrable = False  # every write commits to the shared log at once
     """A ledger whose log is a replica of the shared log ``connect()`` reaches.
 
     ``connect`` builds the shared-log KV (it may raise a

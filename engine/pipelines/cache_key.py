@@ -14,8 +14,18 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.errors import InvalidArgumentError
-from engine.pipelines.canonical import INT_MAX, INT_MIN, canonical, digest, pack, short_repr
-from engine.pipelines.fingerprint import CELL_PREFIX, code_fingerprint
+from engine.pipelines.canonical import (
+    INT_MAX,
+    INT_MIN,
+    canonical,
+    canonical_flat,
+    digest,
+    flat_dict,
+    flat_pairs,
+    pack,
+    short_repr,
+)
+from engine.pipelines.fingerprint import CELL_PREFIX, CodeFingerprint, code_fingerprint
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -90,9 +100,12 @@ class KeyComponents:
         inputs: Mapping[str, str],
         outputs: Mapping[str, str],
         cache_version: str | int | None = None,
+        fingerprint: CodeFingerprint | None = None,
     ) -> KeyComponents:
-        """Build the components of ``func``'s cache key; unencodable parameters raise."""
-        fingerprint = code_fingerprint(func)
+        """Build the components of ``func``'s cache key; unencodable parameters raise.
+        ``fingerprint``: ``code_fingerprint(func)`` when the caller has it already."""
+        if fingerprint is None:
+            fingerprint = code_fingerprint(func)
         return cls(
             code=fingerprint.digest,
             code_recipe=dict(fingerprint.recipe),
@@ -108,17 +121,57 @@ class KeyComponents:
         )
 
     def key(self) -> str:
-        """The cache key: xxh3-128 hex over the canonical encoding of the components."""
-        body = canonical(
-            {
-                "code": self.code,
-                "parameters": self.parameters,
-                "inputs": self.inputs,
-                "outputs": self.outputs,
-                "cache_version": self.cache_version,
-                "format_version": self.format_version,
-            }
+        """The cache key: xxh3-128 hex over the canonical encoding of the components
+        (computed once per instance: the fields are immutable by contract)."""
+        cached: str | None = self.__dict__.get("_key")
+        if cached is None:
+            cached = self._compute_key()
+            object.__setattr__(self, "_key", cached)
+        return cached
+
+    def same_key(self, other: KeyComponents) -> bool:
+        """``self.key() == other.key()`` without hashing: the key's fields are
+        equal (str maps and str/None/int scalars encode canonically one way)."""
+        return (
+            self.code == other.code
+            and self.parameters == other.parameters
+            and self.inputs == other.inputs
+            and self.outputs == other.outputs
+            and self.cache_version == other.cache_version
+            and type(self.format_version) is type(other.format_version)
+            and self.format_version == other.format_version
         )
+
+    def with_inputs(self, inputs: dict[str, str]) -> KeyComponents:
+        """These components with ``inputs`` (content hashes); the key's other
+        fields are encoded once, on the first such copy, and shared."""
+        fixed = self.__dict__.get("_fixed")
+        if fixed is None:
+            fixed = flat_pairs(self._key_fields(include_inputs=False))
+            object.__setattr__(self, "_fixed", fixed)
+        out = dataclasses.replace(self, inputs=inputs)
+        object.__setattr__(out, "_fixed", fixed)
+        return out
+
+    def _key_fields(self, include_inputs: bool = True) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "code": self.code,
+            "parameters": self.parameters,
+            "outputs": self.outputs,
+            "cache_version": self.cache_version,
+            "format_version": self.format_version,
+        }
+        if include_inputs:
+            fields["inputs"] = self.inputs
+        return fields
+
+    def _compute_key(self) -> str:
+        fixed = self.__dict__.get("_fixed")
+        inputs = None if fixed is None else flat_pairs({"inputs": self.inputs})
+        if fixed is not None and inputs is not None:
+            body = flat_dict(fixed + inputs)
+        else:
+            body = canonical_flat(self._key_fields())
         return digest(b"artledger.cache_key", body)
 
     def to_record(self) -> dict[str, Any]:
@@ -254,7 +307,7 @@ def explain_difference(old: KeyComponents | None, new: KeyComponents, step_name:
     """Why ``new`` misses the cache of ``old``, most important first; [] when keys are equal."""
     if old is None:
         return ["no earlier run"]
-    if old.key() == new.key():
+    if old.same_key(new):
         return []
     reasons: list[str] = []
     for name, value in new.parameters.items():

@@ -314,6 +314,42 @@ def canonical(value: Any, path: str = "value", *, step: str | None = None) -> by
         ) from None
 
 
+def canonical_flat(value: dict[str, Any]) -> bytes:
+    """``canonical(value)`` (the same bytes) for the shape of a cache key's body: a
+    dict of str keys to str, None, 64-bit ints or dicts of str to str, without
+    the general encoder; any other shape goes through :func:`canonical`."""
+    pairs = flat_pairs(value)
+    return canonical(value) if pairs is None else flat_dict(pairs)
+
+
+def flat_pairs(value: dict[str, Any]) -> list[tuple[bytes, bytes]] | None:
+    """The encoded (key, value) pairs of a dict of :func:`canonical_flat`'s shape,
+    or None when it has another shape."""
+    pairs: list[tuple[bytes, bytes]] = []
+    for k, v in value.items():
+        t = type(v)
+        if t is dict:
+            inner: list[tuple[bytes, bytes]] = []
+            for ik, iv in v.items():
+                if type(ik) is not str or type(iv) is not str:
+                    return None
+                inner.append((pack(ik), pack(iv)))
+            encoded = flat_dict(inner)
+        elif v is None or t is str or (t is int and INT_MIN <= v <= INT_MAX):
+            encoded = pack(v)
+        else:
+            return None
+        if type(k) is not str:
+            return None
+        pairs.append((pack(k), encoded))
+    return pairs
+
+
+def flat_dict(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """The canonical bytes of a dict from its encoded (key, value) pairs."""
+    return _ext(_DICT, b"".join(a + b for a, b in sorted(pairs)))
+
+
 def canonical_or_none(value: Any) -> bytes | None:
     """:func:`canonical` bytes of ``value``, or None when it has no canonical form."""
     try:

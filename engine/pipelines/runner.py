@@ -12,23 +12,30 @@ Order of work for ``store.run(pipeline, **params)``:
    hit (``step.cached``, pointing at the reused artifact versions; no bytes
    move) or runs: ``step.started``, the function (with its
    :class:`~engine.pipelines.context.StepContext` current), then its outputs
-   (:mod:`engine.pipelines.saving`) and ``step.completed`` in **one** durable
-   commit.
-3. ``run.completed`` commits durably. ``run.started``, ``step.started`` and
-   ``step.cached`` are deferred: they ride along with the next durable
-   commit, so a fully cached run costs one commit.
+   (:mod:`engine.pipelines.saving`) and ``step.completed`` in **one**
+   commit, into the run's pending window (:mod:`engine.ledger.window`): the
+   window commits durably, in one commit, once the executed steps it holds
+   ran longer (summed) than the ledger's budget, about ten of its measured
+   durable commits; so a step that ran longer than the budget is durable
+   before the next step starts. Later steps of the run see what is pending.
+3. ``run.completed`` and whatever is pending commit durably: when
+   ``store.run`` returns (or raises), every event of the run is durable.
+   ``run.started``, ``step.started`` and ``step.cached`` are deferred: they
+   ride along with the next commit, so a fully cached run costs one commit.
 
 A failing step records ``step.failed``, marks every step that has not run
-``skipped`` and the run ``failed`` (one durable commit), keeps the outputs of
-the steps that completed (the next run reuses them), then re-raises the
-step's own exception.
+``skipped`` and the run ``failed`` (one durable commit, with the completed
+steps still pending), keeps the outputs of the steps that completed (the next
+run reuses them), then re-raises the step's own exception. A crash loses at
+most the pending window's steps (none of them acknowledged); see
+docs/design.md, "Durability that pays for itself".
 """
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import secrets
+import time
 import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -57,6 +64,7 @@ from engine.pipelines.context import StepContext, running
 from engine.pipelines.definition import Dag, Invocation, OutputHandle, Pipeline
 from engine.pipelines.explain import CACHE_DISABLED, miss_reasons
 from engine.pipelines.external import ExternalArtifact, as_external
+from engine.pipelines.fingerprint import CodeFingerprint, code_fingerprint
 from engine.pipelines.saving import choose_materializer, output_values, prepare_outputs
 from engine.query.models import ArtifactVersion
 
@@ -125,14 +133,19 @@ def _caching(run_option: bool | None, inv: Invocation, pipe: Pipeline) -> bool:
 def plan(dag: Dag, enable_cache: bool | None) -> list[_Plan]:
     """Resolve caching and encode every parameter up front (errors before any event)."""
     plans: list[_Plan] = []
+    fingerprints: dict[int, CodeFingerprint] = {}  # per step function, within this plan
     for inv in dag.invocations.values():
         st = inv.step
+
         caching = _caching(enable_cache, inv, dag.pipeline)
         outputs = {
             name: _output_identity(st.output_materializers.get(name), tp)
             for name, tp in zip(st.outputs.names, st.outputs.types, strict=True)
         }
         try:
+            fp = fingerprints.get(id(st.func))
+            if fp is None:
+                fp = fingerprints[id(st.func)] = code_fingerprint(st.func)
             base: KeyComponents | None = KeyComponents.create(
                 st.func,
                 step_name=st.name,
@@ -140,6 +153,7 @@ def plan(dag: Dag, enable_cache: bool | None) -> list[_Plan]:
                 inputs={},
                 outputs=outputs,
                 cache_version=st.cache_version,
+                fingerprint=fp,
             )
         except UnhashableParameterError:
             if caching:
@@ -211,12 +225,16 @@ class _Runner:
         )
 
     def execute(self) -> None:
+        ledger = self.store.ledger
         for i, p in enumerate(self.plans):
+            started = time.perf_counter()
             try:
-                self.step(p)
+                executed = self.step(p)
             except BaseException as exc:
                 self.fail(p, i, exc)
                 raise
+            if executed:  # its commit is pending: settle once the window holds enough
+                ledger.ran(time.perf_counter() - started)
         self.store.ledger.commit(lambda txn: [(RUN_COMPLETED, {"id": self.run_id})])
 
     def fail(self, p: _Plan, index: int, exc: BaseException) -> None:
@@ -262,14 +280,13 @@ class _Runner:
                 out[name] = self.externals[inv.id][name]
         return out
 
-    def step(self, p: _Plan) -> None:
+    def step(self, p: _Plan) -> bool:
+        """Run or reuse one invocation; whether it ran."""
         inv, st = p.inv, p.inv.step
         inputs = self.inputs_of(inv)
         components = key = None
         if p.base is not None:
-            components = dataclasses.replace(
-                p.base, inputs={n: a["content_hash"] for n, a in inputs.items()}
-            )
+            components = p.base.with_inputs({n: a["content_hash"] for n, a in inputs.items()})
             key = components.key()
         sid = secrets.token_hex(8)
         common: dict[str, Any] = {
@@ -307,7 +324,7 @@ class _Runner:
                         ]
                     )
                     self.results[inv.id] = found.outputs
-                    return
+                    return False
                 if found.reason is not None:
                     reasons = [found.reason]
                 else:
@@ -342,6 +359,7 @@ class _Runner:
         )
         result = self.call(inv, inputs, p.context)
         self.results[inv.id] = self.save(p, p.context, inputs, result)
+        return True
 
     def call(self, inv: Invocation, inputs: dict[str, dict[str, Any]], ctx: StepContext) -> Any:
         st = inv.step
@@ -425,6 +443,13 @@ def run_pipeline(
                 raise PipelineError(f"step {inv.id}: input {h!r} is not from this pipeline")
     plans = plan(dag, enable_cache)
     runner = _Runner(store, dag, plans)
-    runner.start(enable_cache)
-    runner.execute()
+    opened = store.ledger.open_window()
+    try:
+        runner.start(enable_cache)
+        runner.execute()
+    finally:
+        if opened:
+            store.ledger.close_window()
+        else:  # a run inside a step of another run: durable when it returns, too
+            store.ledger.settle()
     return store.get_run(runner.run_id)

@@ -11,15 +11,17 @@ built; naming any other database is an error, never a silent new database.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import ClassVar, TypeVar
 
 from engine.errors import StoreError
 
 T = TypeVar("T")
 V = TypeVar("V")
+_PENDING_LOCK = threading.Lock()
 
 
 class Databases(dict[str, V]):
@@ -123,10 +125,40 @@ class KV(ABC):
     def end_read(self, txn: Txn) -> None:
         """Release a snapshot taken with :meth:`read`."""
 
+    #: Per thread: the view of that thread's pending window (see :meth:`set_pending`).
+    _pending: threading.local | None = None
+
     def snapshot(self) -> AbstractContextManager[Txn]:
         """A read-only snapshot for a ``with`` block, released when it ends:
-        ``with kv.snapshot() as txn: ...``."""
+        ``with kv.snapshot() as txn: ...``. In a thread with a pending window
+        open, the window's view (its uncommitted writes over its snapshot)."""
+        local = self._pending
+        if local is not None:
+            view: Txn | None = getattr(local, "view", None)
+            if view is not None:
+                return nullcontext(view)
         return _Snapshot(self)
+
+    def pending(self) -> Txn | None:
+        """The calling thread's pending-window view, or None."""
+        local = self._pending
+        return None if local is None else getattr(local, "view", None)
+
+    def set_pending(self, view: Txn | None) -> None:
+        """Make :meth:`snapshot` (and a backend's :meth:`read`) in the calling
+        thread return ``view`` (None: real snapshots again). The ledger's
+        pending window sets it; other threads are unaffected."""
+        if self._pending is None:
+            with _PENDING_LOCK:
+                if self._pending is None:
+                    self._pending = threading.local()
+        self._pending.view = view
+
+    def generation(self, txn: Txn) -> int | None:
+        """An id of the committed state a transaction of this KV began from:
+        equal for two transactions only if no commit came between them (None:
+        this backend cannot tell)."""
+        return None
 
     @abstractmethod
     def write(self, fn: Callable[[Txn], T]) -> T:

@@ -57,9 +57,10 @@ def free_space(path: Path) -> int | None:
 
 
 class _LmdbTxn(Txn):
-    def __init__(self, kv: LmdbKV, txn: Any) -> None:
+    def __init__(self, kv: LmdbKV, txn: Any, writable: bool = False) -> None:
         self._kv = kv
         self._txn = txn
+        self.writable = writable
 
     def get(self, db: str, key: bytes) -> bytes | None:
         try:
@@ -361,6 +362,9 @@ class LmdbKV(KV):
             raise self.error(e, "adopting the grown map of") from e
 
     def read(self) -> Txn:
+        view = self.pending()
+        if view is not None:
+            return view
         lmdb = self._lmdb
         checked = False
         for _ in range(4):
@@ -385,8 +389,14 @@ class LmdbKV(KV):
         raise StoreError(f"cannot read the ledger at {self.path}: its map keeps resizing")
 
     def end_read(self, txn: Txn) -> None:
+        if isinstance(txn, _LmdbTxn):  # not a pending window's view (its owner ends it)
+            txn._txn.abort()
+
+    def generation(self, txn: Txn) -> int | None:
         assert isinstance(txn, _LmdbTxn)
-        txn._txn.abort()
+        # LMDB's transaction id: a read's is the last committed one, a write's one more.
+        tid = int(txn._txn.id())
+        return tid - 1 if txn.writable else tid
 
     def write(self, fn: Callable[[Txn], T]) -> T:
         if self.readonly is not None:
@@ -405,7 +415,7 @@ class LmdbKV(KV):
                 except lmdb.Error as e:
                     raise self.error(e, "beginning a write to") from e
                 try:
-                    result = fn(_LmdbTxn(self, txn))
+                    result = fn(_LmdbTxn(self, txn, True))
                 except lmdb.MapFullError:
                     txn.abort()
                     self.grow()
