@@ -17,8 +17,8 @@ ABOUT = (
     "cached, through `store.run`; per-step cost against `joblib.Memory` on the same function "
     "(miss and hit) in the same run. A chain of steps doing 50 ms of work each (a sleep): the "
     "overhead per step over calling the same function directly. The lineage of the chain's "
-    "last artifact, a cache lookup (`pipelines.cache.lookup`), and `as_of` over a 100k-event "
-    "log (synthetic pipeline events)."
+    "last artifact, a cache lookup (`pipelines.cache.lookup`), and opening an `as_of` view "
+    "of a 100k-event log (synthetic pipeline events)."
 )
 PARAMS: dict[str, dict[str, Any]] = {
     "tiny": {"chain": 20, "fan": 20, "events": 3_000, "lookups": 50, "work": 4},
@@ -224,14 +224,15 @@ def run(ctx: Context) -> Result:
                     "engine.pipelines.cache.lookup is not available: cache lookup skipped."
                 )
             head = s.head
-            t = median_time(lambda _: s.as_of(head), max(1, ctx.repeats // 2))
+            t = median_time(lambda _: s.as_of(head), max(3, ctx.repeats))
+            how = "reads the temporal index" if s.as_of(head).indexed else "folds the log"
             res.add(
                 Row(
                     f"as_of over {head:,} events",
-                    t,
-                    "s",
-                    goal=("ours<=", 1.0),
-                    note=f"{head / t:,.0f} events/s folded into a private in-memory view",
+                    t * 1e3,
+                    "ms",
+                    goal=("ours<=", 10.0),
+                    note=f"opening the view ({how})",
                 )
             )
     return res
