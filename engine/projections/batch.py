@@ -31,12 +31,12 @@ class BatchTxn(Txn):
     def __init__(self, txn: Txn) -> None:
         self.txn = txn
         self.sets: dict[str, dict[bytes, bytes | None]] = {db: {} for db in DB_IDS}
-        self.history: list[tuple[str, bytes, bytes, bytes]] = []
-        self._seq = u64(0)
+        self.history: dict[bytes, bytes] = {}
+        self._end = _END + u64(0)
 
     def at(self, seq: int) -> None:
         """The event whose writes follow."""
-        self._seq = u64(seq)
+        self._end = _END + u64(seq)
 
     def get(self, db: str, key: bytes) -> bytes | None:
         s = self.sets.get(db)
@@ -52,7 +52,9 @@ class BatchTxn(Txn):
             self.txn.put(db, key, value)
             return
         s[key] = value
-        self.history.append((db, key, self._seq, PUT + value))
+        k = key.replace(b"\x00", b"\x00\xff") if b"\x00" in key else key
+        # A dict: of a key an event writes twice, the last write stays.
+        self.history[DB_IDS[db] + k + self._end] = PUT + value
 
     def delete(self, db: str, key: bytes) -> bool:
         s = self.sets.get(db)
@@ -61,7 +63,8 @@ class BatchTxn(Txn):
         existed = self.get(db, key) is not None
         s[key] = None
         if existed:
-            self.history.append((db, key, self._seq, TOMBSTONE))
+            k = key.replace(b"\x00", b"\x00\xff") if b"\x00" in key else key
+            self.history[DB_IDS[db] + k + self._end] = TOMBSTONE
         return existed
 
     def scan(
@@ -91,18 +94,13 @@ class BatchTxn(Txn):
         for db, s in self.sets.items():
             if not s:
                 continue
-            items = sorted(s.items())
-            txn.put_many(db, [(k, v) for k, v in items if v is not None])
-            for k, v in items:
-                if v is None:
+            keys = sorted(s)  # bytes sort faster than (key, value) pairs
+            txn.put_many(db, [(k, v) for k in keys if (v := s[k]) is not None])
+            for k in keys:
+                if s[k] is None:
                     txn.delete(db, k)
             s.clear()
         if self.history:
-            ids, end = DB_IDS, _END
-            # A dict keeps the last of a key an event wrote twice.
-            entries = {
-                ids[db] + (k.replace(b"\x00", b"\x00\xff") if b"\x00" in k else k) + end + seq: v
-                for db, k, seq, v in self.history
-            }
-            self.history = []
-            txn.put_many(HISTORY, sorted(entries.items()))
+            hist, self.history = self.history, {}
+            keys = sorted(hist)
+            txn.put_many(HISTORY, zip(keys, map(hist.__getitem__, keys), strict=True))
