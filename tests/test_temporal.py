@@ -14,17 +14,18 @@ from pathlib import Path
 import pytest
 
 from engine import Store, pipeline, step
+from engine.errors import StoreError
 from engine.projections import fold
 from engine.projections.asof import AsOfKV
+from engine.projections.batch import BatchTxn
 from engine.projections.schema import LIVE_DBS, SEQ_KEYED_DBS, STORE_DATABASES
 from engine.projections.temporal import (
-    DB_IDS,
     HISTORY,
     TEMPORAL_META,
+    TemporalTxn,
     bound,
     entry_key,
     escape,
-    split,
     stem_key,
 )
 from engine.query.history import HistoricalView, folded
@@ -190,17 +191,20 @@ def test_as_of_kv_is_read_only() -> None:
         kv.write(lambda txn: None)
 
 
-def test_seq_keyed_databases_end_with_the_creating_seq(tmp_path: Path) -> None:
-    """What ``as_of`` scans rely on to stop early: in these databases a key ends
-    with the seq of the event that first wrote it."""
-    with Store.open(tmp_path / "s") as store:
-        _grow(store)
-        with store.ledger.kv.snapshot() as txn:
-            for db in SEQ_KEYED_DBS:
-                first: dict[bytes, int] = {}
-                for hkey, _ in txn.scan(HISTORY, prefix=DB_IDS[db]):
-                    stem, seq = split(hkey)
-                    first.setdefault(stem_key(stem), seq)
-                assert first, db
-                for key, seq in first.items():
-                    assert int.from_bytes(key[-8:], "big") == seq, (db, key)
+def test_seq_keyed_writes_must_carry_their_events_seq() -> None:
+    """What ``as_of`` relies on for the seq-keyed projections (their history
+    holds only deletes): a key ends with the seq of the event that wrote it.
+    Both writers refuse a write that breaks it."""
+    kv = MemoryKV(STORE_DATABASES)
+    w = kv.unsafe_writer()
+    for db in SEQ_KEYED_DBS:
+        good = b"group\x00" + (7).to_bytes(8, "big")
+        TemporalTxn(w, 7).put(db, good, b"v")
+        batch = BatchTxn(w)
+        batch.at(7)
+        batch.put(db, good, b"v")
+        with pytest.raises(StoreError, match="seq-keyed"):
+            TemporalTxn(w, 8).put(db, good, b"v")
+        batch.at(8)
+        with pytest.raises(StoreError, match="seq-keyed"):
+            batch.put(db, good, b"v")

@@ -10,6 +10,7 @@ of the keys in its range.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterator
 from typing import TypeVar, cast
 
@@ -22,6 +23,14 @@ from engine.storage.kv.base import bounds
 from engine.storage.log import seq_key
 
 T = TypeVar("T")
+
+
+Pairs = Iterator[tuple[bytes, bytes]]
+_LAST = b"\xff" * 9  # after every seq
+
+
+def _first(pair: tuple[bytes, bytes]) -> bytes:
+    return pair[0]
 
 
 def _one_group(prefix: bytes) -> bool:
@@ -51,6 +60,14 @@ class AsOfTxn(Txn):
                 )
             return self.txn.get(db, key)
         stem = key_stem(db_id, key)
+        if db in SEQ_KEYED_DBS:  # its key says when it came; history holds its delete
+            if len(key) < 8 or key[-8:] >= self._stop:
+                return None
+            value = self.txn.get(db, key)
+            if value is not None:
+                return value
+            hit = self.txn.last_below(HISTORY, stem + _LAST, stem)
+            return hit[1][1:] if hit is not None and hit[0][-8:] >= self._stop else None
         hit = self.txn.last_below(HISTORY, stem + self._stop, stem)
         return None if hit is None or hit[1] == TOMBSTONE else hit[1][1:]
 
@@ -74,7 +91,28 @@ class AsOfTxn(Txn):
         lo = bound(db_id, start) if start else db_id
         hi = bound(db_id, stop) if stop is not None else bytes([db_id[0] + 1])
         entries = self.txn.scan(HISTORY, lo, hi, reverse=reverse)
+        if db in SEQ_KEYED_DBS:
+            return self._seq_keyed(db, start, stop, entries, reverse)
         return (_newest_first if reverse else _oldest_first)(entries, self.seq)
+
+    def _seq_keyed(
+        self,
+        db: str,
+        start: bytes | None,
+        stop: bytes | None,
+        entries: Pairs,
+        reverse: bool,
+    ) -> Pairs:
+        """The keys of a seq-keyed projection that existed at ``seq``: the live
+        ones created by then, and those deleted since (their history entry)."""
+        at = self._stop
+        live = (kv for kv in self.txn.scan(db, start, stop, reverse=reverse) if kv[0][-8:] < at)
+        gone = (
+            (key, v[1:])
+            for hkey, v in entries
+            if hkey[-8:] >= at and (key := stem_key(hkey[:-8]))[-8:] < at
+        )
+        return heapq.merge(live, gone, key=_first, reverse=reverse)
 
     def put(self, db: str, key: bytes, value: bytes) -> None:
         raise ReadOnlyStoreError("an as_of view is read-only")

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from engine.projections.keys import u64
-from engine.projections.temporal import DB_IDS, HISTORY, PUT, TOMBSTONE
+from engine.projections.schema import SEQ_KEYED_DBS
+from engine.projections.temporal import DB_IDS, GONE, HISTORY, PUT, TOMBSTONE, check_seq_keyed
 from engine.storage.kv import Txn
 
 _MISSING = object()
@@ -52,6 +53,9 @@ class BatchTxn(Txn):
             self.txn.put(db, key, value)
             return
         s[key] = value
+        if db in SEQ_KEYED_DBS:
+            check_seq_keyed(db, key, self._end[2:])  # only a delete is recorded
+            return
         k = key.replace(b"\x00", b"\x00\xff") if b"\x00" in key else key
         # A dict: of a key an event writes twice, the last write stays.
         self.history[DB_IDS[db] + k + self._end] = PUT + value
@@ -60,12 +64,13 @@ class BatchTxn(Txn):
         s = self.sets.get(db)
         if s is None:
             return self.txn.delete(db, key)
-        existed = self.get(db, key) is not None
+        old = self.get(db, key)
         s[key] = None
-        if existed:
+        if old is not None:
             k = key.replace(b"\x00", b"\x00\xff") if b"\x00" in key else key
-            self.history[DB_IDS[db] + k + self._end] = TOMBSTONE
-        return existed
+            gone = GONE + old if db in SEQ_KEYED_DBS else TOMBSTONE
+            self.history[DB_IDS[db] + k + self._end] = gone
+        return old is not None
 
     def scan(
         self,

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from engine.errors import StoreError
 from engine.projections.keys import u64
-from engine.projections.schema import LIVE_DBS
+from engine.projections.schema import LIVE_DBS, SEQ_KEYED_DBS
 from engine.storage.kv import Txn
 
 HISTORY = "history"
@@ -35,6 +36,8 @@ TEMPORAL_META = b"temporal"
 DB_IDS: dict[str, bytes] = {db: bytes([i + 1]) for i, db in enumerate(LIVE_DBS)}
 PUT = b"\x01"
 TOMBSTONE = b""
+#: A seq-keyed key's one history entry: deleted by that event, and what it held.
+GONE = b"\x02"
 _END = b"\x00\x00"
 
 
@@ -92,17 +95,29 @@ class TemporalTxn(Txn):
         return self.txn.get(db, key)
 
     def put(self, db: str, key: bytes, value: bytes) -> None:
-        self.txn.put(db, key, value)
         db_id = DB_IDS.get(db)
+        if db_id is not None and db in SEQ_KEYED_DBS:
+            check_seq_keyed(db, key, self._seq)
+            db_id = None  # its key says when it came; only a delete is recorded
+        self.txn.put(db, key, value)
         if db_id is not None:
             k = key.replace(b"\x00", b"\x00\xff") if b"\x00" in key else key
             self.txn.put(HISTORY, db_id + k + _END + self._seq, PUT + value)
 
     def delete(self, db: str, key: bytes) -> bool:
-        existed = self.txn.delete(db, key)
         db_id = DB_IDS.get(db)
-        if existed and db_id is not None:
-            k = key.replace(b"\x00", b"\x00\xff") if b"\x00" in key else key
+        if db_id is None:
+            return self.txn.delete(db, key)
+        k = key.replace(b"\x00", b"\x00\xff") if b"\x00" in key else key
+        if db in SEQ_KEYED_DBS:
+            old = self.txn.get(db, key)
+            if old is None:
+                return False
+            self.txn.delete(db, key)
+            self.txn.put(HISTORY, db_id + k + _END + self._seq, GONE + old)
+            return True
+        existed = self.txn.delete(db, key)
+        if existed:
             self.txn.put(HISTORY, db_id + k + _END + self._seq, TOMBSTONE)
         return existed
 
@@ -122,3 +137,13 @@ class TemporalTxn(Txn):
 
     def count(self, db: str) -> int:
         return self.txn.count(db)
+
+
+def check_seq_keyed(db: str, key: bytes, seq: bytes) -> None:
+    """Refuse a write that would break what ``as_of`` assumes of a seq-keyed
+    projection: its key ends with the seq of the event writing it."""
+    if key[-8:] != seq:
+        raise StoreError(
+            f"a projection write to {db!r} under a key that does not end with the "
+            "seq of its event: the seq-keyed rule of engine.projections.schema is broken"
+        )
