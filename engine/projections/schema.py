@@ -24,6 +24,7 @@ LIVE_DBS = (
 # them (8 bytes, big-endian), after a group prefix: a name without NUL, then
 # NUL (or the one prefix b"\x01" of ``run_index``). A key whose seq is after a
 # point in history did not exist then: ``as_of`` scans of one group stop there.
+# Their values never change, so the temporal index records only their deletes.
 SEQ_KEYED_DBS = frozenset({"names", "run_index", "cache", "step_history", "run_steps"})
 # Databases of the projections (dropped and refolded by ``Store.rebuild``): the
 # live ones and ``history``, the temporal index of their writes

@@ -14,6 +14,11 @@ the keys do, a key is never a prefix of another's encoding, and the encoding of
 a key prefix is a prefix of the encoding of every key that starts with it; so
 range and prefix scans of a projection map to range scans of its history.
 
+The seq-keyed projections (``schema.SEQ_KEYED_DBS``) record only deletes
+(``GONE`` + the value removed): their keys end with the seq of the event that
+wrote them and their values never change, so a view reads them live, keeps the
+keys created by then, and adds back what was deleted since.
+
 The index is part of the projections: the fold writes it in the same
 transaction, ``rebuild`` refolds it, ``verify`` compares it with a fresh fold.
 ``meta`` ``temporal`` marks a store whose index covers its whole log (every
