@@ -16,12 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from engine.projections.keys import u64
-from engine.projections.schema import SEQ_KEYED_DBS
-from engine.projections.temporal import DB_IDS, GONE, HISTORY, PUT, TOMBSTONE, check_seq_keyed
+from engine.projections.temporal import DB_IDS, HISTORY, PUT, delete_entry, put_entry
 from engine.storage.kv import Txn
 
 _MISSING = object()
-_END = b"\x00\x00"
 
 
 class BatchTxn(Txn):
@@ -33,11 +31,11 @@ class BatchTxn(Txn):
         self.txn = txn
         self.sets: dict[str, dict[bytes, bytes | None]] = {db: {} for db in DB_IDS}
         self.history: dict[bytes, bytes] = {}
-        self._end = _END + u64(0)
+        self._seq = u64(0)
 
     def at(self, seq: int) -> None:
         """The event whose writes follow."""
-        self._end = _END + u64(seq)
+        self._seq = u64(seq)
 
     def get(self, db: str, key: bytes) -> bytes | None:
         s = self.sets.get(db)
@@ -52,13 +50,11 @@ class BatchTxn(Txn):
         if s is None:
             self.txn.put(db, key, value)
             return
+        hkey = put_entry(db, key, self._seq)
         s[key] = value
-        if db in SEQ_KEYED_DBS:
-            check_seq_keyed(db, key, self._end[2:])  # only a delete is recorded
-            return
-        k = key.replace(b"\x00", b"\x00\xff") if b"\x00" in key else key
-        # A dict: of a key an event writes twice, the last write stays.
-        self.history[DB_IDS[db] + k + self._end] = PUT + value
+        if hkey is not None:
+            # A dict: of a key an event writes twice, the last write stays.
+            self.history[hkey] = PUT + value
 
     def delete(self, db: str, key: bytes) -> bool:
         s = self.sets.get(db)
@@ -67,9 +63,8 @@ class BatchTxn(Txn):
         old = self.get(db, key)
         s[key] = None
         if old is not None:
-            k = key.replace(b"\x00", b"\x00\xff") if b"\x00" in key else key
-            gone = GONE + old if db in SEQ_KEYED_DBS else TOMBSTONE
-            self.history[DB_IDS[db] + k + self._end] = gone
+            hkey, entry = delete_entry(db, key, self._seq, old)
+            self.history[hkey] = entry
         return old is not None
 
     def scan(

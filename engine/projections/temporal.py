@@ -70,14 +70,29 @@ def bound(db_id: bytes, key: bytes) -> bytes:
     return db_id + escape(key)
 
 
-def split(hkey: bytes) -> tuple[bytes, int]:
-    """(the key stem, the seq) of a history key."""
-    return hkey[:-8], int.from_bytes(hkey[-8:], "big")
-
-
 def stem_key(stem: bytes) -> bytes:
     """The projection key of a key stem (without its database id)."""
     return unescape(stem[1:-2])
+
+
+def put_entry(db: str, key: bytes, seq: bytes) -> bytes | None:
+    """The history key a put of ``key`` to ``db`` by event ``seq`` (8 bytes) is
+    recorded under; None for a database without history and for a seq-keyed
+    one (its key says when it came: only a delete is recorded)."""
+    db_id = DB_IDS.get(db)
+    if db_id is None:
+        return None
+    if db in SEQ_KEYED_DBS:
+        check_seq_keyed(db, key, seq)
+        return None
+    return key_stem(db_id, key) + seq
+
+
+def delete_entry(db: str, key: bytes, seq: bytes, old: bytes) -> tuple[bytes, bytes]:
+    """The history entry of event ``seq`` deleting ``key`` (which held ``old``)
+    from the projection ``db``: a tombstone, or for a seq-keyed projection
+    what it held."""
+    return key_stem(DB_IDS[db], key) + seq, GONE + old if db in SEQ_KEYED_DBS else TOMBSTONE
 
 
 class TemporalTxn(Txn):
@@ -100,31 +115,20 @@ class TemporalTxn(Txn):
         return self.txn.get(db, key)
 
     def put(self, db: str, key: bytes, value: bytes) -> None:
-        db_id = DB_IDS.get(db)
-        if db_id is not None and db in SEQ_KEYED_DBS:
-            check_seq_keyed(db, key, self._seq)
-            db_id = None  # its key says when it came; only a delete is recorded
+        hkey = put_entry(db, key, self._seq)
         self.txn.put(db, key, value)
-        if db_id is not None:
-            k = key.replace(b"\x00", b"\x00\xff") if b"\x00" in key else key
-            self.txn.put(HISTORY, db_id + k + _END + self._seq, PUT + value)
+        if hkey is not None:
+            self.txn.put(HISTORY, hkey, PUT + value)
 
     def delete(self, db: str, key: bytes) -> bool:
-        db_id = DB_IDS.get(db)
-        if db_id is None:
+        if db not in DB_IDS:
             return self.txn.delete(db, key)
-        k = key.replace(b"\x00", b"\x00\xff") if b"\x00" in key else key
-        if db in SEQ_KEYED_DBS:
-            old = self.txn.get(db, key)
-            if old is None:
-                return False
-            self.txn.delete(db, key)
-            self.txn.put(HISTORY, db_id + k + _END + self._seq, GONE + old)
-            return True
-        existed = self.txn.delete(db, key)
-        if existed:
-            self.txn.put(HISTORY, db_id + k + _END + self._seq, TOMBSTONE)
-        return existed
+        old = self.txn.get(db, key)
+        if old is None:
+            return False
+        self.txn.delete(db, key)
+        self.txn.put(HISTORY, *delete_entry(db, key, self._seq, old))
+        return True
 
     def scan(
         self,
