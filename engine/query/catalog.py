@@ -11,7 +11,6 @@ import contextlib
 import itertools
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -37,6 +36,7 @@ from engine.query.models import ArtifactVersion, Run, StepRun
 from engine.storage.chunks import ChunkStore, FileEntry
 from engine.storage.files import ReadFiles
 from engine.storage.kv import KV, Txn
+from engine.storage.kv.base import Snapshot
 from engine.storage.log import Event, EventLog
 
 if TYPE_CHECKING:
@@ -441,18 +441,11 @@ def catalog_of(source: Catalog | HasCatalog) -> Catalog:
     return source if isinstance(source, Catalog) else source.catalog
 
 
-class _CatalogRead(AbstractContextManager[Txn]):
-    """What :meth:`Catalog._read` returns: one KV snapshot, released when the
-    block ends (a class, not a generator: it is on every query's path)."""
+class _CatalogRead(Snapshot):
+    """What :meth:`Catalog._read` returns: a KV snapshot whose block turns a
+    decoding error into an ``IntegrityError`` naming the ledger."""
 
-    __slots__ = ("_kv", "_txn")
-
-    def __init__(self, kv: KV) -> None:
-        self._kv = kv
-
-    def __enter__(self) -> Txn:
-        self._txn = self._kv.read()
-        return self._txn
+    __slots__ = ()
 
     def __exit__(
         self,
@@ -460,7 +453,7 @@ class _CatalogRead(AbstractContextManager[Txn]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._kv.end_read(self._txn)
+        super().__exit__(exc_type, exc, tb)
         if isinstance(exc, DECODE_ERRORS) and not isinstance(exc, ArtledgerError):
             where = f"the ledger at {getattr(self._kv, 'path', 'memory')}"
             raise damaged(where, exc) from exc

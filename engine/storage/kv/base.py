@@ -15,6 +15,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
+from types import TracebackType
 from typing import ClassVar, TypeVar
 
 from engine.errors import StoreError
@@ -137,7 +138,7 @@ class KV(ABC):
             view: Txn | None = getattr(local, "view", None)
             if view is not None:
                 return nullcontext(view)
-        return _Snapshot(self)
+        return Snapshot(self)
 
     def pending(self) -> Txn | None:
         """The calling thread's pending-window view, or None."""
@@ -177,7 +178,7 @@ class KV(ABC):
         map at once instead of retrying a large transaction at each doubling)."""
 
 
-class _Snapshot(AbstractContextManager[Txn]):
+class Snapshot(AbstractContextManager[Txn]):
     """What :meth:`KV.snapshot` returns (a class, not a generator: it is on
     every query's path)."""
 
@@ -190,7 +191,12 @@ class _Snapshot(AbstractContextManager[Txn]):
         self._txn = self._kv.read()
         return self._txn
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._kv.end_read(self._txn)
 
 
