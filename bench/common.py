@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -310,3 +311,34 @@ def fmt(value: float | None, unit: str = "") -> str:
     else:
         s = f"{value:.3g}"
     return f"{s} {unit}".strip()
+
+
+def faulting(fn: Any, n: int) -> tuple[list[float], list[int], list[int]]:
+    """Per-call latency of ``fn(i)`` for ``i < n`` (seconds), and the minor and
+    major page faults each call took (``getrusage`` read outside the timed span)."""
+    lat: list[float] = []
+    minor: list[int] = []
+    major: list[int] = []
+    usage, me = resource.getrusage, resource.RUSAGE_SELF
+    for i in range(n):
+        r0 = usage(me)
+        t = time.perf_counter()
+        fn(i)
+        lat.append(time.perf_counter() - t)
+        r1 = usage(me)
+        minor.append(r1.ru_minflt - r0.ru_minflt)
+        major.append(r1.ru_majflt - r0.ru_majflt)
+    return lat, minor, major
+
+
+def fault_stats(prefix: str, got: tuple[list[float], list[int], list[int]]) -> dict[str, float]:
+    """p50/p99 of the calls that took no page fault, and faults per call."""
+    lat, minor, major = got
+    clean = [t for t, a, b in zip(lat, minor, major, strict=True) if a == 0 and b == 0]
+    return {
+        f"{prefix}_clean_p50": pct(clean, 50),
+        f"{prefix}_clean_p99": pct(clean, 99),
+        f"{prefix}_clean_share": len(clean) / max(1, len(lat)),
+        f"{prefix}_minflt": sum(minor) / max(1, len(lat)),
+        f"{prefix}_majflt": sum(major) / max(1, len(lat)),
+    }

@@ -7,7 +7,18 @@ import time
 from typing import Any
 
 from bench import synth
-from bench.common import Context, Result, Row, Series, disk_bytes, latencies, median_time, pct
+from bench.common import (
+    Context,
+    Result,
+    Row,
+    Series,
+    disk_bytes,
+    fault_stats,
+    faulting,
+    latencies,
+    median_time,
+    pct,
+)
 
 TITLE = "History at scale"
 ABOUT = (
@@ -200,8 +211,6 @@ def run(ctx: Context) -> Result:
                 "engine.pipelines.cache.lookup is not available: cache lookups skipped."
             )
         else:
-            from bench.small_artifacts import fault_stats, faulting
-
             rng = random.Random(3)
             keys = [rng.choice(gen.keys) for _ in range(p["lookups"])]
             got = faulting(lambda i: lookup(s, keys[i]), len(keys))
